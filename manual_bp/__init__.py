@@ -1,0 +1,59 @@
+r"""manual_bp: backpropagation written out by hand, as the classic derivation states it.
+
+Notation (used throughout the package). The seed derives, for layers ``n = 1..N``:
+
+====  ===========================================  =========================================
+step  seed (column vectors)                        code (row-major batches, ``torch.nn``)
+====  ===========================================  =========================================
+FF    ``y_n = f(x_n)``, ``x_{n+1} = w_n y_n + b``  ``X_{n+1} = Y_n Wᵀ + b``
+LOSS  ``c = ½ (y_N − t)²``                          ``½ Σ_j (Y_N − T)²`` per row
+BP1   ``δ_N = (y_N − t) ⊙ f′(x_N)``                 ``Δ_N = (Y_N − T) ⊙ f′(X_N)``
+BP2   ``δ_n = f′(x_n) ⊙ (w_nᵀ δ_{n+1})``            ``Δ_n = (Δ_{n+1} W) ⊙ f′(X_n)``
+BP3   ``∂c/∂w_n = δ_{n+1} y_nᵀ``                    ``∂c/∂W = Δ_{n+1}ᵀ Y_n``, ``∂c/∂b = Σ_rows Δ``
+UPD   ``Δw_n = −α ∂c/∂w_n``                         ``W -= α ∂c/∂W``
+====  ===========================================  =========================================
+
+A batch is ``(N, D)`` (layers accept any ``(*, D)``), ``W`` is ``(D_out, D_in)`` as in
+``torch.nn.Linear``, ``x`` is a pre-activation, ``y = f(x)`` an activation and ``δ = ∂c/∂x``.
+"""
+
+from manual_bp import engine, functional
+from manual_bp.convert import convert, revert
+from manual_bp.mlp import MLP
+from manual_bp.modules import (
+    ELU,
+    GELU,
+    CrossEntropyLoss,
+    HalfSquaredError,
+    Identity,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    SiLU,
+    Sigmoid,
+    Softplus,
+    Tanh,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELU",
+    "GELU",
+    "MLP",
+    "CrossEntropyLoss",
+    "HalfSquaredError",
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "ReLU",
+    "SiLU",
+    "Sigmoid",
+    "Softplus",
+    "Tanh",
+    "__version__",
+    "convert",
+    "engine",
+    "functional",
+    "revert",
+]

@@ -1,0 +1,73 @@
+"""The base class of every manual Function, and the argument checks they share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__: list[str] = []
+
+
+class ManualFunction(torch.autograd.Function):
+    """A ``torch.autograd.Function`` written in the ``setup_context`` style.
+
+    The ``setup_context`` style is what ``torch.func`` (vmap, grad) needs. Its stock ``apply`` binds
+    default arguments with ``inspect.signature`` on every call, which costs about 20 µs per call
+    here (measured with ``scripts/bench.py``'s per-op timings). Outside functorch transforms and
+    ``torch.compile`` this ``apply`` goes straight to the C++ entry point, which handles the
+    ``setup_context`` style itself; every subclass therefore must be called with all its
+    arguments positional and none omitted.
+    """
+
+    generate_vmap_rule = True
+
+    @classmethod
+    def apply(cls, *args: Any) -> Any:  # type: ignore[override]
+        if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args)  # C++ apply, no re-binding
+
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_floating(name: str, tensor: Tensor) -> None:
+    """Raise a ``TypeError`` unless ``tensor`` is a Tensor of a supported floating dtype."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in _FLOATING:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {tensor.dtype}"
+        )
+
+
+def check_same(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Raise a ``ValueError`` unless ``tensor`` lives on ``ref``'s device with ``ref``'s dtype."""
+    if tensor.device != ref.device:
+        raise ValueError(
+            f"{name} and {ref_name} must be on the same device, "
+            f"got {name} on {tensor.device} and {ref_name} on {ref.device}"
+        )
+    if tensor.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} and {ref_name} must have the same dtype, "
+            f"got {name} of {tensor.dtype} and {ref_name} of {ref.dtype} "
+            "(cast one of them, or use torch.autocast for mixed precision)"
+        )
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise a ``ValueError`` unless ``reduction`` is ``'mean'``, ``'sum'`` or ``'none'``."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def autocast_dtype(tensor: Tensor) -> torch.dtype | None:
+    """The lower-precision dtype autocast would run a matmul in for ``tensor``, or ``None``."""
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None

@@ -1,0 +1,1 @@
+"""The autograd-free engine (work in progress: being written)."""
