@@ -29,8 +29,8 @@ from manual_bp.modules import (
     LeakyReLU,
     Linear,
     ReLU,
-    SiLU,
     Sigmoid,
+    SiLU,
     Softplus,
     Tanh,
 )

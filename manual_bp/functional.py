@@ -503,8 +503,11 @@ def _ce_coefficients(
     if target.dtype == torch.long:  # class indices
         keep = target != ignore_index
         safe = torch.where(keep, target, torch.zeros_like(target)).unsqueeze(-1)
-        w_t = (weight.gather(0, safe.reshape(-1)).reshape(safe.shape) if weight is not None
-               else torch.ones(safe.shape, dtype=input.dtype, device=input.device))
+        w_t = (
+            weight.gather(0, safe.reshape(-1)).reshape(safe.shape)
+            if weight is not None
+            else torch.ones(safe.shape, dtype=input.dtype, device=input.device)
+        )
         w_t = w_t * keep.unsqueeze(-1).to(input.dtype)  # (*, 1)
         coef = torch.zeros_like(input).scatter(-1, safe, w_t)
         return coef, w_t.sum()
@@ -530,7 +533,9 @@ def cross_entropy(
     check_floating("input", input)
     check_reduction(reduction)
     if input.dim() not in (1, 2):
-        raise ValueError(f"cross_entropy expected input of shape (N, C) or (C,), got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"cross_entropy expected input of shape (N, C) or (C,), got shape {tuple(input.shape)}"
+        )
     if autocast_dtype(input) is not None:
         input = input.float()
         if target.is_floating_point():
@@ -564,7 +569,9 @@ def cross_entropy(
                     f"ignore_index={ignore_index}, got {target[bad][0].item()}"
                 )
     else:
-        raise TypeError(f"target must hold int64 class indices or float class probabilities, got {target.dtype}")
+        raise TypeError(
+            f"target must hold int64 class indices or float class probabilities, got {target.dtype}"
+        )
     if weight is not None:
         check_floating("weight", weight)
         if weight.shape != (input.shape[-1],):

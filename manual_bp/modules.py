@@ -135,7 +135,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         label_smoothing: float = 0.0,
     ) -> None:
         if label_smoothing != 0.0:
-            raise ValueError(f"manual_bp.CrossEntropyLoss supports label_smoothing=0.0 only, got {label_smoothing}")
+            raise ValueError(
+                f"manual_bp.CrossEntropyLoss supports label_smoothing=0.0 only, got {label_smoothing}"
+            )
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
