@@ -463,7 +463,10 @@ class CrossEntropyFunction(ManualFunction):
     .. math::
         c_i = -\sum_k a_{ik} \log p_{ik}, \qquad
         \frac{\partial c_i}{\partial z_i} = p_i \textstyle\sum_k a_{ik} - a_i, \qquad
-        \frac{\partial c_i}{\partial q_i} = -w \odot \log p_i
+        \frac{\partial c_i}{\partial q_i} = -w \odot \log p_i, \qquad
+        \frac{\partial c_i}{\partial w} = -q_i \odot \log p_i
+
+    As in torch, ``weight`` is differentiable for class probabilities only.
     """
 
     @staticmethod
@@ -490,10 +493,16 @@ class CrossEntropyFunction(ManualFunction):
         if ctx.needs_input_grad[0]:
             p = torch.softmax(input, -1)
             grad_input = scale * (p * coef.sum(-1, keepdim=True) - coef)  # p Σa − a
-        if ctx.needs_input_grad[1]:
-            w = weight if weight is not None else 1.0
-            grad_target = scale * (-w * torch.log_softmax(input, -1))  # −w ⊙ log p
-        return grad_input, grad_target, None, None, None
+        grad_weight = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # class probabilities only
+            log_p = torch.log_softmax(input, -1)
+            if ctx.needs_input_grad[1]:
+                w = weight if weight is not None else 1.0
+                grad_target = scale * (-w * log_p)  # −w ⊙ log p
+            if ctx.needs_input_grad[2]:
+                # ∂c/∂w = Σ_rows −q ⊙ log p; (*, C) -> (N, C) -> (C,)
+                grad_weight = (scale * (-target * log_p)).reshape(-1, input.shape[-1]).sum(0)
+        return grad_input, grad_target, grad_weight, None, None
 
 
 def _ce_coefficients(
@@ -577,4 +586,9 @@ def cross_entropy(
         if weight.shape != (input.shape[-1],):
             raise ValueError(f"weight must have shape ({input.shape[-1]},), got {tuple(weight.shape)}")
         check_same("weight", weight, "input", input)
+        if not target.is_floating_point() and weight.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "cross_entropy with class-index targets is not differentiable with respect to weight "
+                "(as in torch); detach the weight or pass class probabilities"
+            )
     return CrossEntropyFunction.apply(input, target, weight, int(ignore_index), reduction)
