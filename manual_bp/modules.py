@@ -139,6 +139,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
                 f"manual_bp.CrossEntropyLoss supports label_smoothing=0.0 only, got {label_smoothing}"
             )
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        check_reduction(self.reduction)  # at construction, as HalfSquaredError does
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return MF.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction)
