@@ -558,6 +558,11 @@ def cross_entropy(
                 f"got {tuple(target.shape)}"
             )
         check_same("target", target, "input", input)
+        if ignore_index >= 0:  # torch refuses it too (a negative one names no class, so it is harmless)
+            raise ValueError(
+                "ignore_index is not supported with class-probability targets (as in torch), "
+                f"got ignore_index={ignore_index}"
+            )
     elif target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         if target.shape != input.shape[:-1]:
             raise ValueError(
