@@ -51,7 +51,7 @@ def sample(
     x = torch.testing.make_tensor(shape, dtype=dtype, device="cpu", low=low, high=high)
     for p in away_from:  # move values within `margin` of p out to p ± (margin + their distance)
         d = x - p
-        x = torch.where(d.abs() < margin, p + torch.where(d >= 0, margin, -margin) + d, x)
+        x = torch.where(d.abs() < margin, p + torch.where(d >= 0, margin, -margin) + d, x).to(dtype)
     if layout == "strided":
         buf = torch.testing.make_tensor(shape, dtype=dtype, device="cpu", noncontiguous=True)
         x = buf.copy_(x)
