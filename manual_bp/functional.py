@@ -136,6 +136,11 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return LinearFunction.apply(input, weight, bias)
 
 
+def _to_float32(tensor: Tensor) -> Tensor:
+    """Cast like autocast does for a float32 op: float16 and bfloat16 up to float32, float64 untouched."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def _autocast(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """Cast like autocast does for a lower-precision op: float16/32 and bfloat16, not float64."""
     if tensor is None or tensor.dtype in (dtype, torch.float64):
@@ -364,7 +369,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
     """
     _activation_input(input)
     if input.device.type == "cuda" and autocast_dtype(input) is not None:
-        input = input.float()
+        input = _to_float32(input)
     return SoftplusFunction.apply(input, float(beta), float(threshold))
 
 
@@ -449,7 +454,7 @@ def half_squared_error(input: Tensor, target: Tensor, reduction: str = "mean") -
             "(half_squared_error does not broadcast)"
         )
     if autocast_dtype(input) is not None:
-        input, target = input.float(), target.float()
+        input, target = _to_float32(input), _to_float32(target)
     check_same("target", target, "input", input)
     return HalfSquaredErrorFunction.apply(input, target, reduction)
 
@@ -546,11 +551,11 @@ def cross_entropy(
             f"cross_entropy expected input of shape (N, C) or (C,), got shape {tuple(input.shape)}"
         )
     if autocast_dtype(input) is not None:
-        input = input.float()
+        input = _to_float32(input)
         if target.is_floating_point():
-            target = target.float()
+            target = _to_float32(target)
         if weight is not None:
-            weight = weight.float()
+            weight = _to_float32(weight)
     if target.is_floating_point():
         if target.shape != input.shape:
             raise ValueError(
