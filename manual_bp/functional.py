@@ -580,7 +580,10 @@ def cross_entropy(
                 f"target and input must be on the same device, got target on {target.device} "
                 f"and input on {input.device}"
             )
-        if not torch.compiler.is_compiling() and target.numel():
+        # a data-dependent check: not possible while compiling or under vmap (there an index out of
+        # range fails in the Function's scatter instead)
+        traced = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+        if not traced and target.numel():
             bad = (target != ignore_index) & ((target < 0) | (target >= input.shape[-1]))
             if bool(bad.any()):
                 raise ValueError(
