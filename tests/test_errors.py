@@ -118,6 +118,12 @@ def test_cross_entropy_class_index_out_of_range(bad: int) -> None:
     _raises(ValueError, rf"got {bad}", lambda: manual_bp.CrossEntropyLoss()(X, target))
 
 
+def test_cross_entropy_class_index_out_of_range_under_vmap() -> None:
+    """Under vmap the range cannot be checked in Python; the Function's scatter still refuses it."""
+    per_sample = torch.func.vmap(torch.func.grad(MF.cross_entropy))
+    _raises(RuntimeError, r"index 4 is out of bounds", lambda: per_sample(X, torch.tensor([0, 4, 1])))
+
+
 def test_cross_entropy_ignore_index_is_not_out_of_range() -> None:
     out = MF.cross_entropy(X, torch.tensor([0, -1, 1]), ignore_index=-1)
     torch.testing.assert_close(
