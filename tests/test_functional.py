@@ -66,33 +66,40 @@ def _compare(
 # ------------------------------------------------------------------------------------------------
 
 
-def _op_outputs() -> list[tuple[str, type[torch.autograd.Function], Callable[[], Tensor]]]:
+def _op_outputs() -> list:
+    """One ``pytest.param(function, make_output)`` per op (and per activation setting)."""
     x = sample((3, D_IN), requires_grad=True)
     w = sample((D_OUT, D_IN), requires_grad=True)
     b = sample((D_OUT,), requires_grad=True)
     t = sample((3, D_IN), requires_grad=True)
     logits = sample((3, C), requires_grad=True)
     probs = torch.softmax(sample((3, C)), -1).requires_grad_()
+    weight = sample((C,), low=0.1, high=2.0, requires_grad=True)
     cases = [
-        ("linear", MF.LinearFunction, lambda: MF.linear(x, w, b)),
-        ("half_squared_error", MF.HalfSquaredErrorFunction, lambda: MF.half_squared_error(x, t)),
-        (
-            "cross_entropy-indices",
+        pytest.param(MF.LinearFunction, lambda: MF.linear(x, w, b), id="linear"),
+        pytest.param(MF.LinearFunction, lambda: MF.linear(x, w), id="linear-nobias"),
+        pytest.param(
+            MF.HalfSquaredErrorFunction, lambda: MF.half_squared_error(x, t), id="half_squared_error"
+        ),
+        pytest.param(
             MF.CrossEntropyFunction,
             lambda: MF.cross_entropy(logits, torch.tensor([0, 3, 1])),
+            id="cross_entropy-indices",
         ),
-        ("cross_entropy-probs", MF.CrossEntropyFunction, lambda: MF.cross_entropy(logits, probs)),
+        pytest.param(
+            MF.CrossEntropyFunction, lambda: MF.cross_entropy(logits, probs, weight), id="cross_entropy-probs"
+        ),
     ]
-    cases += [(a.id, a.function, lambda a=a: a.manual(x)) for a in ACTIVATIONS]
+    cases += [pytest.param(a.function, lambda a=a: a.manual(x), id=a.id) for a in ACTIVATIONS]
     return cases
 
 
-@pytest.mark.parametrize("name, function, make", _op_outputs(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("function, make", _op_outputs())
 def test_grad_fn_is_the_manual_backward(
-    name: str, function: type[torch.autograd.Function], make: Callable[[], Tensor]
+    function: type[torch.autograd.Function], make: Callable[[], Tensor]
 ) -> None:
     out = make()
-    assert type(out.grad_fn) is function._backward_cls, f"{name}: grad_fn is {out.grad_fn.name()}"
+    assert type(out.grad_fn) is function._backward_cls, f"grad_fn is {out.grad_fn.name()}"
     assert out.grad_fn.name() == function.__name__ + "Backward"
     for node, _ in out.grad_fn.next_functions:  # straight to the leaves: no native op in between
         assert node is None or type(node).__name__ == "AccumulateGrad", node
