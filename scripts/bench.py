@@ -1,0 +1,494 @@
+"""Side-by-side speed and memory of one SGD training step: native PyTorch vs manual_bp.
+
+Run (the README's table comes from this command's output and JSON):
+
+    python scripts/bench.py --out benchmarks/cpu.json
+    python scripts/bench.py --quick                 # a small smoke subset (CI)
+    python scripts/bench.py --full                  # every batch x width x depth x activation
+    python scripts/bench.py --device cuda --dtype bfloat16
+
+A step is: zero grads, forward, half squared error c = ½‖y − t‖² averaged over samples, backward,
+plain SGD update. Paths, timed interleaved (each repetition times every path once, in turn) and
+reported as medians over repetitions:
+
+* ``native``   — ``nn.Linear`` + native activation modules, autograd, ``torch.optim.SGD``
+* ``compiled`` — the same with ``torch.compile`` on the forward and loss
+* ``manual``   — manual_bp per-layer modules (``manual_bp.Linear`` + activation modules)
+* ``fused``    — ``manual_bp.MLP(fused=True)``: one Function for the whole network
+* ``engine``   — ``manual_bp.engine.sgd_step``: no autograd at all
+
+It also prints GFLOP/s and the share of this machine's matrix-multiply throughput (best of several
+large GEMMs, measured in the same run), the saved-activation memory of each autograd path relative
+to native (bytes packed by ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded), and
+one epoch over scikit-learn's digits with ``engine.sgd_step`` against ``MLPClassifier`` /
+``MLPRegressor`` (same network, plain SGD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import manual_bp
+from manual_bp import engine
+
+# ----------------------------------------------------------------------------- configuration
+BATCHES = (32, 64, 256, 1024)
+WIDTHS = (64, 128, 256, 1024, 2048)
+DEPTHS = (2, 4, 8)
+ACTIVATIONS = ("sigmoid", "relu", "gelu")
+# The default grid: every value of every axis, without the full product (which takes hours on
+# two cores). (batch, width) pairs, each run at every depth and activation.
+DEFAULT_SIZES = ((32, 64), (64, 64), (64, 128), (256, 256), (256, 1024), (1024, 1024), (256, 2048))
+QUICK_SIZES = ((64, 64), (256, 256))
+PATHS = ("native", "compiled", "manual", "fused", "engine")
+LR = 0.01
+TARGET_SECONDS = 0.05  # each timed block runs about this long
+TARGETS = {  # size class -> path -> largest allowed ratio to native (issue 6)
+    "small": {"manual": 1.15, "fused": 1.0, "engine": 0.5},
+    "medium": {"manual": 1.05, "fused": 1.0, "engine": 0.8},
+    "large": {"manual": 1.03, "fused": 1.0, "engine": 1.0},
+}
+NATIVE_ACT = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+MANUAL_ACT = {
+    "sigmoid": manual_bp.Sigmoid,
+    "relu": manual_bp.ReLU,
+    "gelu": manual_bp.GELU,
+    "tanh": manual_bp.Tanh,
+    "silu": manual_bp.SiLU,
+}
+
+
+def size_class(batch: int, width: int) -> str:
+    """small = batch 64, widths up to 128; medium = batch 256, widths up to 784; large = 1024 and up."""
+    if width >= 1024:
+        return "large"
+    if batch == 64 and width <= 128:
+        return "small"
+    if batch == 256 and width <= 784:
+        return "medium"
+    return "other"
+
+
+# ----------------------------------------------------------------------------- models and steps
+def native_model(sizes: list[int], act: str, device: str, dtype: torch.dtype) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for d_in, d_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(d_in, d_out, device=device, dtype=dtype), NATIVE_ACT[act]()]
+    return nn.Sequential(*layers)
+
+
+def manual_layers(native: nn.Sequential, act: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for module in native:
+        if isinstance(module, nn.Linear):
+            lin = manual_bp.Linear(
+                module.in_features,
+                module.out_features,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
+            )
+            lin.load_state_dict(module.state_dict())
+            layers.append(lin)
+        else:
+            layers.append(MANUAL_ACT[act]())
+    return nn.Sequential(*layers)
+
+
+def fused_mlp(native: nn.Sequential, sizes: list[int], act: str) -> manual_bp.MLP:
+    w = native[0].weight
+    mlp = manual_bp.MLP(sizes, activation=act, fused=True, device=w.device, dtype=w.dtype)
+    mlp.load_state_dict(
+        {
+            f"layers.{i // 2}.{k}": v
+            for i, m in enumerate(native)
+            if isinstance(m, nn.Linear)
+            for k, v in m.state_dict().items()
+        }
+    )
+    return mlp
+
+
+def native_loss(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(y, t, reduction="sum") * (0.5 / y.shape[0])  # = ½‖y − t‖² averaged over rows
+
+
+def autograd_step(
+    model: nn.Module, loss_fn: Callable, x: torch.Tensor, t: torch.Tensor
+) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), t).backward()
+        opt.step()
+
+    return step
+
+
+def compiled_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    forward = torch.compile(lambda x, t: native_loss(model(x), t), fullgraph=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        forward(x, t).backward()
+        opt.step()
+
+    return step
+
+
+def engine_step(mlp: manual_bp.MLP, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
+    return lambda: engine.sgd_step(mlp, x, t, LR)
+
+
+# ----------------------------------------------------------------------------- measurement
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def calibrate(step: Callable[[], None], device: str) -> int:
+    """Iterations per timed block so that one block lasts about TARGET_SECONDS."""
+    step()
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    one = max(time.perf_counter() - start, 1e-6)
+    return max(1, min(2000, int(TARGET_SECONDS / one)))
+
+
+def time_block(step: Callable[[], None], iters: int, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def interleaved(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, float]:
+    iters = {name: calibrate(step, device) for name, step in steps.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            times[name].append(time_block(step, iters[name], device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def saved_bytes(run: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves for backward, parameters excluded."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = run()
+    del loss
+    return sum(storages.values())
+
+
+def gemm_peak(device: str, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of a few large square matrix multiplies."""
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        torch.mm(a, b, out=out)
+        for _ in range(3):
+            t = time_block(lambda: torch.mm(a, b, out=out), 2, device)  # noqa: B023
+            best = max(best, 2 * n**3 / t / 1e9)
+    return best
+
+
+def step_flops(batch: int, sizes: list[int]) -> float:
+    """Matrix-multiply FLOPs of one step.
+
+    Forward 2BΣd_in·d_out, backward twice that, less the first layer's grad_input.
+    """
+    macs = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 2 * batch * (3 * macs - sizes[0] * sizes[1])
+
+
+def bench_config(
+    batch: int, width: int, depth: int, act: str, args: argparse.Namespace, dtype: torch.dtype
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    device = args.device
+    sizes = [width] * (depth + 1)
+    x = torch.randn(batch, width, device=device, dtype=dtype)
+    t = torch.rand(batch, width, device=device, dtype=dtype)
+    nat = native_model(sizes, act, device, dtype)
+    man = manual_layers(nat, act)
+    fused = fused_mlp(nat, sizes, act)
+    eng = fused_mlp(nat, sizes, act)
+    hse = manual_bp.HalfSquaredError()
+    steps: dict[str, Callable[[], None]] = {
+        "native": autograd_step(nat, native_loss, x, t),
+        "manual": autograd_step(man, hse, x, t),
+        "fused": autograd_step(fused, hse, x, t),
+        "engine": engine_step(eng, x, t),
+    }
+    if not args.no_compile:
+        comp = native_model(sizes, act, device, dtype)
+        comp.load_state_dict(nat.state_dict())
+        steps["compiled"] = compiled_step(comp, x, t)
+    steps = {name: steps[name] for name in PATHS if name in steps}
+    with torch.autocast(device, dtype=dtype, enabled=args.autocast):
+        times = interleaved(steps, args.reps, device)
+        memory = {
+            "native": saved_bytes(lambda: native_loss(nat(x), t), list(nat.parameters())),
+            "manual": saved_bytes(lambda: hse(man(x), t), list(man.parameters())),
+            "fused": saved_bytes(lambda: hse(fused(x), t), list(fused.parameters())),
+        }
+    flops = step_flops(batch, sizes)
+    return {
+        "batch": batch,
+        "width": width,
+        "depth": depth,
+        "activation": act,
+        "class": size_class(batch, width),
+        "seconds": times,
+        "ratio": {k: v / times["native"] for k, v in times.items()},
+        "gflops": {k: flops / v / 1e9 for k, v in times.items()},
+        "saved_bytes": memory,
+        "memory_ratio": {k: v / memory["native"] for k, v in memory.items()},
+    }
+
+
+def memory_config(act: str, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    """Saved-activation memory alone (cheap), for activations outside the timed grid (silu, tanh)."""
+    torch.manual_seed(0)
+    sizes = [256] * 5
+    x = torch.randn(256, 256, device=args.device, dtype=dtype)
+    t = torch.rand(256, 256, device=args.device, dtype=dtype)
+    nat = native_model(sizes, act, args.device, dtype)
+    fused = fused_mlp(nat, sizes, act)
+    man = manual_layers(nat, act)
+    hse = manual_bp.HalfSquaredError()
+    mem = {
+        "native": saved_bytes(lambda: native_loss(nat(x), t), list(nat.parameters())),
+        "manual": saved_bytes(lambda: hse(man(x), t), list(man.parameters())),
+        "fused": saved_bytes(lambda: hse(fused(x), t), list(fused.parameters())),
+    }
+    return {
+        "activation": act,
+        "batch": 256,
+        "width": 256,
+        "depth": 4,
+        "memory_ratio": {k: v / mem["native"] for k, v in mem.items()},
+    }
+
+
+def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
+    """One epoch over digits: engine.sgd_step against scikit-learn's MLPClassifier / MLPRegressor."""
+    import warnings
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    x_np, y_np = load_digits(return_X_y=True)
+    x_np = (x_np / 16.0).astype(np.float32)
+    onehot = np.eye(10, dtype=np.float32)[y_np]
+    hidden, batch, lr = 64, 32, 0.1
+    x = torch.from_numpy(x_np)
+    labels = torch.from_numpy(y_np).long()
+    targets = torch.from_numpy(onehot)
+    rows = []
+    for task in ("classifier", "regressor"):
+        if task == "classifier":
+            sk = MLPClassifier(
+                (hidden,),
+                activation="logistic",
+                solver="sgd",
+                learning_rate_init=lr,
+                momentum=0.0,
+                alpha=0.0,
+                batch_size=batch,
+                shuffle=False,
+                max_iter=1,
+            )
+            fit = lambda sk=sk: sk.partial_fit(x_np, y_np, classes=np.arange(10))  # noqa: E731
+            loss, t_all = "cross_entropy", labels
+        else:
+            sk = MLPRegressor(
+                (hidden,),
+                activation="logistic",
+                solver="sgd",
+                learning_rate_init=lr,
+                momentum=0.0,
+                alpha=0.0,
+                batch_size=batch,
+                shuffle=False,
+                max_iter=1,
+            )
+            fit = lambda sk=sk: sk.partial_fit(x_np, onehot)  # noqa: E731
+            loss, t_all = "half_squared_error", targets
+        mlp = manual_bp.MLP([64, hidden, 10], activation="sigmoid", output_activation="identity")
+        chunks = [(x[i : i + batch], t_all[i : i + batch]) for i in range(0, len(x), batch)]
+
+        def epoch(mlp: manual_bp.MLP = mlp, chunks: list = chunks, loss: str = loss) -> None:
+            for xb, tb in chunks:
+                engine.sgd_step(mlp, xb, tb, lr, loss=loss)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit()
+            epoch()
+            times = interleaved({"sklearn": fit, "engine": epoch}, reps, "cpu")
+        rows.append({"task": task, "seconds": times, "ratio": times["engine"] / times["sklearn"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- reporting
+def fmt_time(s: float) -> str:
+    return f"{s * 1e6:9.0f}us" if s < 0.01 else f"{s * 1e3:9.1f}ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small smoke subset")
+    parser.add_argument(
+        "--full", action="store_true", help="the full batch x width x depth x activation product"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7, quick 3)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
+    parser.add_argument("--out", default=None, help="write all results as JSON here")
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    # bf16 runs as autocast over float32 parameters (mixed precision), as users train with it.
+    args.autocast = dtype == torch.bfloat16
+    param_dtype = torch.float32 if args.autocast else dtype
+    args.reps = args.reps or (3 if args.quick else 7)
+    if args.quick:
+        grid = [(b, w, 2, a) for b, w in QUICK_SIZES for a in ("sigmoid", "gelu")]
+    elif args.full:
+        grid = list(itertools.product(BATCHES, WIDTHS, DEPTHS, ACTIVATIONS))
+    else:
+        grid = [(b, w, d, a) for b, w in DEFAULT_SIZES for d in DEPTHS for a in ACTIVATIONS]
+
+    peak = gemm_peak(args.device, dtype)
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {args.device}, dtype {args.dtype}"
+    )
+    print(f"matrix-multiply throughput (best large GEMM): {peak:.1f} GFLOP/s")
+    header = (
+        f"{'batch':>5} {'width':>5} {'depth':>5} {'act':>8} {'class':>6} | "
+        + " ".join(f"{p:>11}" for p in PATHS)
+        + " | ratio: "
+        + " ".join(f"{p[:6]:>6}" for p in PATHS[1:])
+        + " | %peak fused engine | mem manual fused"
+    )
+    print(header)
+    rows = []
+    for i, (b, w, d, a) in enumerate(grid):
+        row = bench_config(b, w, d, a, args, param_dtype)
+        rows.append(row)
+        s, r = row["seconds"], row["ratio"]
+        pct = {k: 100 * row["gflops"][k] / peak for k in ("fused", "engine")}
+        print(
+            f"{b:>5} {w:>5} {d:>5} {a:>8} {row['class']:>6} | "
+            + " ".join(fmt_time(s[p]) if p in s else f"{'-':>11}" for p in PATHS)
+            + " | ratio: "
+            + " ".join(f"{r[p]:6.2f}" if p in r else f"{'-':>6}" for p in PATHS[1:])
+            + f" | {pct['fused']:5.0f}% {pct['engine']:5.0f}%"
+            + f" | {row['memory_ratio']['manual']:5.2f} {row['memory_ratio']['fused']:5.2f}"
+            + f"   [{i + 1}/{len(grid)}]",
+            flush=True,
+        )
+
+    memory_extra = [memory_config(a, args, param_dtype) for a in ("silu", "tanh")]
+    print("\nsaved-activation memory relative to native (batch 256, width 256, depth 4):")
+    for m in memory_extra:
+        ratio = m["memory_ratio"]
+        print(f"  {m['activation']:>8}: manual {ratio['manual']:.2f}, fused {ratio['fused']:.2f}")
+
+    digits = [] if args.device != "cpu" else digits_epoch(args, 3 if args.quick else 7)
+    if digits:
+        print("\none epoch over digits (1797 samples, 64-64-10 sigmoid net, batch 32, plain SGD):")
+        for d_row in digits:
+            s = d_row["seconds"]
+            print(
+                f"  {d_row['task']:>10}: sklearn {fmt_time(s['sklearn'])}, engine {fmt_time(s['engine'])}, "
+                f"ratio {d_row['ratio']:.2f}"
+            )
+
+    print("\ntargets (worst ratio to native in each size class):")
+    verdicts = []
+    for cls, targets in TARGETS.items():
+        in_cls = [r for r in rows if r["class"] == cls]
+        for path, limit in targets.items():
+            vals = [r["ratio"][path] for r in in_cls if path in r["ratio"]]
+            if vals:
+                worst = max(vals)
+                ok = worst <= limit
+                verdicts.append({"class": cls, "path": path, "worst": worst, "limit": limit, "ok": ok})
+                print(
+                    f"  {cls:>6} {path:>7}: worst {worst:5.2f}, median {statistics.median(vals):5.2f} "
+                    f"(target <= {limit:.2f}) {'ok' if ok else 'MISSED'}"
+                )
+    large = [r for r in rows if r["class"] == "large"]
+    if large:
+        for path in ("fused", "engine"):
+            pct = min(100 * r["gflops"][path] / peak for r in large)
+            print(f"   large {path:>7}: lowest share of GEMM throughput {pct:.0f}% (target >= 90%)")
+    fused_mem = [r["memory_ratio"]["fused"] for r in rows] + [
+        m["memory_ratio"]["fused"] for m in memory_extra
+    ]
+    print(f"  memory fused: worst {max(fused_mem):.2f} of native (target <= 1.0)")
+    for act in ("gelu", "silu"):
+        vals = [r["memory_ratio"]["fused"] for r in rows + memory_extra if r["activation"] == act]
+        if vals:
+            print(f"  memory fused {act}: worst {max(vals):.2f} of native (target <= 0.6)")
+    for d_row in digits:
+        print(f"  digits epoch {d_row['task']}: engine/sklearn {d_row['ratio']:.2f} (target <= 0.5)")
+
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(
+                {
+                    "command": " ".join(["python", "scripts/bench.py", *(argv or sys.argv[1:])]),
+                    "torch": torch.__version__,
+                    "device": args.device,
+                    "dtype": args.dtype,
+                    "threads": torch.get_num_threads(),
+                    "gemm_gflops": peak,
+                    "rows": rows,
+                    "memory_extra": memory_extra,
+                    "digits": digits,
+                    "targets": verdicts,
+                },
+                fh,
+                indent=1,
+            )
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
