@@ -1,1 +1,291 @@
-"""The autograd-free engine (work in progress: being written)."""
+r"""The seed's training algorithm with no autograd at all: FF, BP1, BP2, BP3 and the update.
+
+Indexing as in :mod:`manual_bp.mlp`: the input is ``y_0``; ``mlp.layers[n]`` holds ``W_n, b_n``
+and computes ``x_{n+1} = y_n W_nᵀ + b_n``, ``y_{n+1} = f(x_{n+1})``, ``n = 0..N−1``. For a batch of
+``M`` samples (rows) and the loss ``C = Σ_i c_i`` (``reduction='sum'``) or ``C = (1/M) Σ_i c_i``
+(``'mean'``), with ``s`` that factor (1 or ``1/M``):
+
+====  ====================================  ==============================================
+step  seed                                  here (rows are samples)
+====  ====================================  ==============================================
+FF    ``x_{n+1} = w_n y_n``, ``y = f(x)``   ``x = torch.addmm(b, y, W.t())``; ``f_(x)``
+BP1   ``δ_N = (y_N − t) f′(x_N)``           ``δ = s (y_N − t) ⊙ f′(x_N)``
+BP2   ``δ_n = δ_{n+1} w_n f′(x_n)``         ``δ_n = (δ_{n+1} @ W_n) ⊙ f′(x_n)`` (W_n not yet updated)
+BP3   ``∂c/∂w_n = δ_{n+1} y_n``             ``δ_{n+1}ᵀ @ y_n``, ``Σ_rows δ_{n+1}``
+UPD   ``Δw_n = −α δ_{n+1} y_n``             ``W_n.addmm_(δ_{n+1}.t(), y_n, alpha=−α)``
+====  ====================================  ==============================================
+
+``loss="cross_entropy"``: the network output ``y_N`` is taken as the logits (after the output
+activation, exactly as ``cross_entropy(mlp(x), t)`` would see them, so use
+``output_activation="identity"`` for the usual softmax classifier); BP1 becomes
+``δ_N = s (softmax(y_N) − onehot(t)) ⊙ f′(x_N)`` (class probabilities ``q``: ``softmax(y_N) Σq − q``).
+
+Data parallel: when ``torch.distributed`` is initialised, every process computes the *summed*
+gradients ``Σ_i ∂c_i/∂W`` of its shard; one ``all_reduce(SUM)`` of a single flat buffer holding
+them, the summed loss and the sample count gives the totals over all shards, which are divided by
+the global count for ``'mean'`` (left as sums for ``'sum'``). So every process takes exactly the step
+one process takes on the concatenated batch, for shards of any sizes, and returns that global loss.
+Every process of the group must call :func:`sgd_step` together (it is a collective).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from manual_bp._activations import OWNED, Activation
+from manual_bp._function import check_floating, check_same
+from manual_bp.mlp import MLP
+
+__all__ = ["LOSSES", "Trace", "deltas", "sgd_step"]
+
+LOSSES = ("half_squared_error", "cross_entropy")
+
+
+@dataclass
+class Trace:
+    """Every quantity of one FF/BP pass, indexed as the seed indexes them.
+
+    ``ys[n]`` (``n = 0..N``) is ``y_n`` (``ys[0]`` the input); ``xs[n]`` is ``x_n`` (``xs[0]`` is
+    the input too: no activation is applied to it); ``deltas[n] = ∂C/∂x_n`` (``deltas[0]`` the
+    gradient with respect to the input); ``weight_grads[n] = ∂C/∂W_n = δ_{n+1}ᵀ y_n`` and
+    ``bias_grads[n] = Σ_rows δ_{n+1}`` belong to ``mlp.layers[n]`` (``None`` without bias).
+    All tensors are 2-D ``(M, D_n)`` batches (leading input dims flattened).
+    """
+
+    loss: Tensor
+    xs: list[Tensor] = field(default_factory=list)
+    ys: list[Tensor] = field(default_factory=list)
+    deltas: list[Tensor] = field(default_factory=list)
+    weight_grads: list[Tensor] = field(default_factory=list)
+    bias_grads: list[Tensor | None] = field(default_factory=list)
+
+
+def _check(mlp: Any, x: Any, target: Any, loss: str, reduction: str) -> tuple[Tensor, Tensor]:
+    """Validate the call and return ``x`` and ``target`` flattened to ``(M, ·)`` rows."""
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"the engine trains a manual_bp.MLP, got {type(mlp).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    check_floating("x", x)
+    weight = mlp.layers[0].weight
+    d_in, d_out = mlp.sizes[0], mlp.sizes[-1]
+    if x.dim() == 0 or x.shape[-1] != d_in:
+        raise ValueError(f"x must have shape (*, {d_in}) (sizes[0]={d_in}), got {tuple(x.shape)}")
+    check_same("x", x, "the MLP's weights", weight)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    out_shape = (*x.shape[:-1], d_out)
+    if loss == "cross_entropy" and not target.is_floating_point():
+        if target.dtype != torch.int64:
+            raise TypeError(f"class-index targets must be int64, got {target.dtype}")
+        if target.shape != out_shape[:-1]:
+            raise ValueError(
+                f"class-index target must have shape {out_shape[:-1]} for an output of shape "
+                f"{out_shape}, got {tuple(target.shape)}"
+            )
+        if target.device != x.device:
+            raise ValueError(f"target must be on {x.device}, got {target.device}")
+        if target.numel() and bool(((target < 0) | (target >= d_out)).any()):
+            raise ValueError(
+                f"class indices must lie in [0, {d_out}), got values in "
+                f"[{int(target.min())}, {int(target.max())}]"
+            )
+        return x.reshape(-1, d_in), target.reshape(-1)
+    check_floating("target", target)
+    if target.shape != out_shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal the output shape {out_shape} (no broadcasting)"
+        )
+    check_same("target", target, "x", x)
+    return x.reshape(-1, d_in), target.reshape(-1, d_out)
+
+
+def _check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"lr must be a real number, got {type(lr).__name__}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be positive and finite, got {lr}")
+    return float(lr)
+
+
+def _forward(mlp: MLP, y: Tensor, keep_x: bool) -> tuple[list[Tensor], list[Tensor | None]]:
+    """FF. Returns ``ys`` (``y_0..y_N``) and ``xs`` (``xs[0]`` is ``None``; ``xs[n] = x_n`` where
+    ``f′`` needs ``x`` or ``keep_x``, else ``None``: the activation was applied over ``x``)."""
+    ys: list[Tensor] = [y]
+    xs: list[Tensor | None] = [None]
+    for layer, act in zip(mlp.layers, mlp.activations, strict=True):
+        x = F.linear(y, layer.weight, layer.bias)  # x_{n+1} = y_n W_nᵀ + b_n; (M, D_n) -> (M, D_{n+1})
+        if keep_x or not act.from_output:
+            y = act.forward(x)
+            xs.append(x)
+        else:
+            y = act.forward_(x)  # y = f(x) over x
+            xs.append(None)
+        ys.append(y)
+    return ys, xs
+
+
+def _loss_and_grad(y: Tensor, target: Tensor, loss: str, scale: float) -> tuple[Tensor, Tensor]:
+    """The summed loss ``Σ_i c_i`` (a 0-d tensor) and ``g = scale · ∂(Σ c_i)/∂y_N`` (BP1's first factor)."""
+    if loss == "half_squared_error":
+        g = y - target  # y_N − t
+        total = 0.5 * torch.dot(g.reshape(-1), g.reshape(-1))  # Σ_i ½‖y_i − t_i‖²
+        if scale != 1.0:
+            g.mul_(scale)
+        return total, g
+    log_p = torch.log_softmax(y, -1)  # (M, C)
+    g = log_p.exp()  # p = softmax(y_N)
+    if target.is_floating_point():  # class probabilities q: c_i = −Σ_k q_ik log p_ik
+        total = -torch.dot(target.reshape(-1), log_p.reshape(-1))
+        g.mul_(target.sum(-1, keepdim=True)).sub_(target)  # p Σq − q
+    else:  # class indices: c_i = −log p_{i t_i}
+        index = target.unsqueeze(-1)
+        total = -log_p.gather(-1, index).sum()
+        g.scatter_add_(-1, index, torch.full_like(index, -1, dtype=g.dtype))  # p − onehot(t)
+    if scale != 1.0:
+        g.mul_(scale)
+    return total, g
+
+
+def _activation_input(act: Activation, x: Tensor | None, y: Tensor) -> Tensor:
+    return y if act.from_output else x  # type: ignore[return-value]
+
+
+def sgd_step(
+    mlp: MLP,
+    x: Tensor,
+    target: Tensor,
+    lr: float,
+    loss: str = "half_squared_error",
+    reduction: str = "mean",
+) -> Tensor:
+    """One step of the seed's gradient descent on ``mlp``, in place, with no autograd graph.
+
+    Runs FF, BP1, BP2 and BP3 by hand and updates every ``W_n`` and ``b_n`` by ``−lr ∂C/∂W_n``
+    (the update is fused into BP3's product: ``W.addmm_(δᵀ, y, alpha=−lr)``). ``δ_n`` is computed
+    with ``W_n`` before its update, as the derivation requires.
+
+    Args:
+        mlp: a :class:`manual_bp.MLP` (fused or not: the engine only reads its parameters).
+        x: ``(*, D_0)`` inputs of the MLP's dtype and device.
+        target: ``(*, D_N)`` for ``'half_squared_error'``; for ``'cross_entropy'`` int64 class
+            indices ``(*)`` or class probabilities ``(*, D_N)``.
+        lr: the learning rate ``α > 0``.
+        loss: ``'half_squared_error'`` (the seed's ``½‖y_N − t‖²`` per sample) or
+            ``'cross_entropy'`` (the output taken as logits).
+        reduction: ``'mean'`` or ``'sum'`` over samples.
+
+    Returns:
+        The loss before the update (a detached 0-d tensor; the global loss under
+        ``torch.distributed``).
+
+    >>> import torch, manual_bp
+    >>> net = manual_bp.MLP([2, 3, 1])
+    >>> loss = manual_bp.engine.sgd_step(net, torch.randn(4, 2), torch.rand(4, 1), lr=0.5)
+    >>> loss.shape, loss.requires_grad
+    (torch.Size([]), False)
+    """
+    y0, target = _check(mlp, x, target, loss, reduction)
+    lr = _check_lr(lr)
+    distributed = dist.is_available() and dist.is_initialized()
+    with torch.no_grad():
+        ys, xs = _forward(mlp, y0, keep_x=False)  # FF
+        count = y0.shape[0]
+        scale = 1.0 if distributed or reduction == "sum" else 1.0 / count if count else math.nan
+        total, g = _loss_and_grad(ys[-1], target, loss, scale)
+        acts = mlp.activations
+        depth = len(acts)
+        # BP1: δ_N = g ⊙ f′(x_N)
+        delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
+        if not distributed:
+            for n in range(depth - 1, -1, -1):
+                layer = mlp.layers[n]
+                # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
+                below = None
+                if n > 0:
+                    below = delta.mm(layer.weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
+                    below = acts[n - 1].backward(below, _activation_input(acts[n - 1], xs[n], ys[n]), OWNED)
+                # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
+                layer.weight.addmm_(delta.t(), ys[n], alpha=-lr)
+                if layer.bias is not None:
+                    layer.bias.sub_(delta.sum(0), alpha=lr)  # b_n −= α Σ_rows δ_{n+1}
+                delta = below  # type: ignore[assignment]
+            return total / count if reduction == "mean" else total
+
+        # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
+        params = mlp.parameters_flat()
+        flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=y0.dtype, device=y0.device)
+        views, offset = [], 0
+        for p in params:
+            views.append(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        flat[-2] = total
+        flat[-1] = count
+        step = 2 if mlp.layers[0].bias is not None else 1
+        for n in range(depth - 1, -1, -1):
+            weight = mlp.layers[n].weight
+            torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
+            if step == 2:
+                torch.sum(delta, 0, out=views[step * n + 1])
+            if n > 0:  # BP2
+                delta = acts[n - 1].backward(
+                    delta.mm(weight), _activation_input(acts[n - 1], xs[n], ys[n]), OWNED
+                )
+        dist.all_reduce(flat)  # sums over processes
+        global_total, global_count = flat[-2], flat[-1]
+        factor = lr / global_count if reduction == "mean" else lr
+        for p, grad in zip(params, views, strict=True):
+            p.sub_(grad * factor)  # UPD: Δw = −α ∂C/∂w
+        return global_total / global_count if reduction == "mean" else global_total.clone()
+
+
+def deltas(
+    mlp: MLP,
+    x: Tensor,
+    target: Tensor,
+    loss: str = "half_squared_error",
+    reduction: str = "mean",
+) -> Trace:
+    """Every ``y_n``, ``x_n``, ``δ_n`` and parameter gradient of one pass, for inspection; no update.
+
+    The same FF/BP1/BP2/BP3 as :func:`sgd_step` (without the distributed reduction), returned as a
+    :class:`Trace`. Arguments as for :func:`sgd_step`.
+
+    >>> import torch, manual_bp
+    >>> net = manual_bp.MLP([2, 4, 4, 1])
+    >>> trace = manual_bp.engine.deltas(net, torch.randn(8, 2), torch.rand(8, 1))
+    >>> [tuple(d.shape) for d in trace.deltas]
+    [(8, 2), (8, 4), (8, 4), (8, 1)]
+    """
+    y0, target = _check(mlp, x, target, loss, reduction)
+    with torch.no_grad():
+        ys, xs_opt = _forward(mlp, y0, keep_x=True)
+        xs: list[Tensor] = [y0, *xs_opt[1:]]  # type: ignore[list-item]
+        count = y0.shape[0]
+        scale = 1.0 if reduction == "sum" else 1.0 / count if count else math.nan
+        total, g = _loss_and_grad(ys[-1], target, loss, scale)
+        acts = mlp.activations
+        depth = len(acts)
+        saved = [None, *(y if a.from_output else x for a, x, y in zip(acts, xs[1:], ys[1:], strict=True))]
+        out: list[Tensor] = [None] * (depth + 1)  # type: ignore[list-item]
+        out[depth] = acts[-1].backward(g, saved[depth], OWNED)  # BP1
+        weight_grads: list[Tensor] = [None] * depth  # type: ignore[list-item]
+        bias_grads: list[Tensor | None] = [None] * depth
+        for n in range(depth - 1, -1, -1):
+            layer, delta = mlp.layers[n], out[n + 1]
+            weight_grads[n] = delta.t().mm(ys[n])  # BP3
+            if layer.bias is not None:
+                bias_grads[n] = delta.sum(0)
+            below = delta.mm(layer.weight)  # BP2 (for n = 0: ∂C/∂y_0, the input gradient)
+            out[n] = acts[n - 1].backward(below, saved[n], OWNED) if n > 0 else below
+        loss_value = total / count if reduction == "mean" else total
+    return Trace(loss_value, xs, ys, out, weight_grads, bias_grads)

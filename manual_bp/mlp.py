@@ -1,7 +1,387 @@
-"""The seed's network (work in progress: being written)."""
+r"""The seed's network: ``MLP``, and one autograd Function for the whole δ recursion.
 
-from torch import nn
+Indexing follows the seed. The network input is ``y_0`` (no activation is applied to it); layer
+``n`` (``mlp.layers[n]``, weight ``W_n``, bias ``b_n``, ``n = 0..N−1``) computes
+
+.. math::
+    x_{n+1} = y_n W_n^\top + b_n, \qquad y_{n+1} = f(x_{n+1}),
+
+with ``f`` the hidden activation for ``n + 1 < N`` and the output activation for ``n + 1 = N``.
+Given ``g = ∂c/∂y_N`` (what the loss hands back; BP1's first factor), the backward is the seed's loop:
+
+.. math::
+    δ_N = g ⊙ f'(x_N) \;\text{(BP1)}, \quad
+    \frac{\partial c}{\partial W_n} = δ_{n+1}^\top y_n, \;
+    \frac{\partial c}{\partial b_n} = \textstyle\sum_{\text{rows}} δ_{n+1} \;\text{(BP3)}, \quad
+    δ_n = (δ_{n+1} W_n) ⊙ f'(x_n) \;\text{(BP2)}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from manual_bp._activations import FRESH, GRAPH, OWNED, Activation, get_activation
+from manual_bp._function import ManualFunction, autocast_dtype, check_floating, check_same
+from manual_bp.modules import Linear
+
+__all__ = ["MLP", "MLPFunction", "mlp"]
+
+_Y, _X = 1, 2  # what a layer saves for backward: its output y_{n+1}, or its pre-activation x_{n+1}
+
+
+class _Net:
+    """The non-tensor configuration of :class:`MLPFunction`, worked out once per network.
+
+    ``plan[n]`` says what layer ``n`` saves: ``y_{n+1}`` where ``f′`` is a function of it (it
+    also serves BP3 of the next layer), else ``x_{n+1}``, from which backward recomputes
+    ``y_{n+1} = f(x_{n+1})``; the output layer saves nothing when its ``f`` is the identity
+    (no formula needs ``y_N`` then). ``extra[n]`` is the position among the Function's outputs
+    of what layer ``n`` saves (0 for ``y_N``, the network output itself).
+    """
+
+    __slots__ = ("acts", "depth", "extra", "has_bias", "plan", "step")
+
+    def __init__(self, acts: tuple[Activation, ...], has_bias: bool) -> None:
+        self.acts, self.has_bias, self.depth = acts, has_bias, len(acts)
+        self.step = 2 if has_bias else 1
+        plan = [_Y if act.from_output else _X for act in acts]
+        if acts[-1].name == "identity":
+            plan[-1] = 0
+        self.plan = tuple(plan)
+        extra, k = [], 1
+        for n, what in enumerate(plan):
+            if what == _Y and n + 1 == len(plan):
+                extra.append(0)
+            elif what:
+                extra.append(k)
+                k += 1
+            else:
+                extra.append(-1)
+        self.extra = tuple(extra)
+
+    def __repr__(self) -> str:
+        return f"_Net(acts={[str(a) for a in self.acts]}, has_bias={self.has_bias})"
+
+
+@lru_cache(maxsize=256)
+def _net(acts: tuple[Activation, ...], has_bias: bool) -> _Net:
+    return _Net(acts, has_bias)
+
+
+class MLPFunction(ManualFunction):
+    r"""The whole network ``y_0 ↦ f(… f(y_0 W_0ᵀ + b_0) …)`` as one Function; backward is the seed's loop.
+
+    ``apply(input, net, *params)``: ``input (M, D_0)``; ``net`` a :class:`_Net` (from
+    ``_net(acts, has_bias)``); ``params`` is ``W_0, b_0, W_1, b_1, …`` (``W_0, W_1, …`` without
+    bias). Returns ``(y_N, *saved)``: the network output and the tensors backward needs (``y_n``
+    or ``x_n`` per layer, see :class:`_Net`). They are outputs rather than hidden intermediates so
+    that double backward differentiates through them; :func:`mlp` returns ``y_N`` alone.
+
+    Saved for backward: the input, the weights (not the biases), and per layer ``y_n`` (sigmoid,
+    tanh, relu, leaky_relu with slope ≥ 0, elu with α ≥ 0, identity) or ``x_n`` (gelu, silu,
+    softplus); nothing for an identity output layer. The backward works in place on the
+    temporaries it owns, except when a graph is being recorded (double backward).
+    """
+
+    @staticmethod
+    def forward(input: Tensor, net: _Net, *params: Tensor) -> Any:
+        step, plan = net.step, net.plan
+        y = input
+        saved = []
+        for n, act in enumerate(net.acts):
+            # FF: x_{n+1} = y_n W_nᵀ + b_n; (M, D_n) @ (D_n, D_{n+1}) -> (M, D_{n+1})
+            x = F.linear(y, params[step * n], params[step * n + 1] if step == 2 else None)
+            if plan[n] == _X:
+                saved.append(x)
+                y = act.forward(x)  # FF: y_{n+1} = f(x_{n+1}); x kept for f′
+            else:
+                y = act.forward_(x)  # FF: y_{n+1} = f(x_{n+1}) written over x
+                if plan[n] == _Y and net.extra[n]:
+                    saved.append(y)
+        return (y, *saved)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, net, *params = inputs
+        y_n = output[:1] if net.plan[-1] == _Y else ()  # y_N, if f′ of the output layer needs it
+        ctx.save_for_backward(input, *params[:: net.step], *output[1:], *y_n)
+        ctx.net = net
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
+        net: _Net = ctx.net
+        depth, step, plan, acts, extra = net.depth, net.step, net.plan, net.acts, net.extra
+        input, *rest = ctx.saved_tensors
+        weights, kept = rest[:depth], rest[depth:]
+        kept = [*kept[-1:], *kept[:-1]] if plan[-1] == _Y else [None, *kept]  # kept[k]: output k
+        needs = ctx.needs_input_grad
+        grads: list[Tensor | None] = [None] * (step * depth)
+        grad_input = None
+        # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
+        fast = not torch.is_grad_enabled()
+
+        # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
+        lowest = (
+            0
+            if needs[0]
+            else next((n for n in range(depth) if any(needs[2 + step * n : 2 + step * (n + 1)])), depth)
+        )
+        g = grads_out[0]  # ∂c/∂y_N, then ∂c/∂y_n going down
+        owned = False
+        for n in range(depth - 1, lowest - 1, -1):
+            act, k = acts[n], extra[n]
+            s = kept[k] if k >= 0 else None
+            g_extra = grads_out[k] if k > 0 else None  # y_{n+1} or x_{n+1} is an output too
+            if g_extra is not None and plan[n] == _Y:  # add its grad to ∂c/∂y_{n+1}
+                if g is None:
+                    g, owned = g_extra, False
+                else:
+                    g, owned = (g.add_(g_extra) if owned and fast else g + g_extra), True
+            if g is None:  # nothing flows into this layer from above
+                delta = None
+            elif s is None:  # identity output: δ_N = g
+                delta = g
+            else:  # BP1 (n = N−1) / BP2: δ_{n+1} = g ⊙ f′(x_{n+1})
+                delta = act.backward(g, s, GRAPH if not fast else OWNED if owned else FRESH)
+            if g_extra is not None and plan[n] == _X:
+                delta = g_extra if delta is None else delta + g_extra
+            if delta is None:
+                g, owned = None, False
+                continue
+            if n == 0:
+                y_prev = input
+            elif plan[n - 1] == _Y:
+                y_prev = kept[extra[n - 1]]
+            else:
+                y_prev = acts[n - 1].forward(kept[extra[n - 1]])  # recompute y_n = f(x_n)
+            i = step * n
+            if needs[2 + i]:
+                grads[i] = delta.t().mm(y_prev)  # BP3: ∂c/∂W_n = δᵀ y_n; (D_{n+1}, M) @ (M, D_n)
+            if step == 2 and needs[3 + i]:
+                grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
+            if n > lowest:
+                g, owned = delta.mm(weights[n]), True  # BP2, linear half: δ_{n+1} W_n; (M, D_n)
+            elif n == 0 and needs[0]:
+                grad_input = delta.mm(weights[0])  # ∂c/∂y_0 = δ_1 W_0
+        return (grad_input, None, *grads)
+
+
+def _check_params(
+    weights: Sequence[Tensor], biases: Sequence[Tensor | None] | None, d_in: int
+) -> tuple[list[Tensor], bool]:
+    """Check the weight and bias chain and flatten it to ``W_0, b_0, W_1, b_1, …``."""
+    if len(weights) == 0:
+        raise ValueError("mlp needs at least one weight")
+    has_bias = biases is not None and any(b is not None for b in biases)
+    if biases is not None and has_bias:
+        if len(biases) != len(weights) or any(b is None for b in biases):
+            raise ValueError(
+                f"mlp expected one bias per weight ({len(weights)}) or biases=None, got {len(biases)} "
+                "(a network has a bias in every layer or in none)"
+            )
+    params: list[Tensor] = []
+    for n, weight in enumerate(weights):
+        check_floating(f"weights[{n}]", weight)
+        if weight.dim() != 2 or weight.shape[1] != d_in:
+            raise ValueError(
+                f"weights[{n}] must have shape (out_features, {d_in}), got {tuple(weight.shape)}"
+            )
+        check_same(f"weights[{n}]", weight, "weights[0]", weights[0])
+        params.append(weight)
+        if has_bias:
+            bias = biases[n]  # type: ignore[index]
+            check_floating(f"biases[{n}]", bias)
+            if bias.shape != (weight.shape[0],):
+                raise ValueError(f"biases[{n}] must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+            check_same(f"biases[{n}]", bias, "weights[0]", weights[0])
+            params.append(bias)
+        d_in = weight.shape[0]
+    return params, has_bias
+
+
+def _activations(activation: Any, output_activation: Any, depth: int) -> tuple[Activation, ...]:
+    hidden = get_activation(activation)
+    out = hidden if output_activation is None else get_activation(output_activation)
+    return (hidden,) * (depth - 1) + (out,)
+
+
+def _run(input: Tensor, net: _Net, params: list[Tensor]) -> Tensor:
+    """Flatten ``(*, D_0)`` to 2-D, cast for autocast, apply :class:`MLPFunction`, restore the shape."""
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, *params = (t if t.dtype in (cast, torch.float64) else t.to(cast) for t in (input, *params))
+    if input.dim() == 2:
+        return MLPFunction.apply(input, net, *params)[0]
+    lead = input.shape[:-1]
+    out = MLPFunction.apply(input.reshape(-1, input.shape[-1]), net, *params)[0]
+    return out.reshape(*lead, out.shape[-1])  # (M, D_N) -> (*, D_N)
+
+
+def mlp(
+    input: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None] | None = None,
+    activation: Any = "sigmoid",
+    output_activation: Any = None,
+) -> Tensor:
+    """The seed's network as one Function call (:class:`MLPFunction`).
+
+    ``weights[n]`` is ``(D_{n+1}, D_n)`` and ``biases[n]`` is ``(D_{n+1},)`` (or ``biases=None``);
+    ``activation`` is applied after every hidden layer and ``output_activation`` after the last
+    (``None``: the same ``activation``, as in the seed; ``"identity"``: a linear output). The input
+    is used as ``y_0`` as is. Shape: ``(*, D_0) -> (*, D_N)``.
+
+    >>> import torch
+    >>> w = [torch.randn(4, 3, requires_grad=True), torch.randn(2, 4, requires_grad=True)]
+    >>> mlp(torch.randn(5, 3), w, activation="tanh").grad_fn.name()
+    'MLPFunctionBackward'
+    """
+    check_floating("input", input)
+    if input.dim() == 0:
+        raise ValueError("mlp expected input of shape (*, D_0), got a 0-d tensor")
+    params, has_bias = _check_params(weights, biases, input.shape[-1])
+    if autocast_dtype(input) is None:
+        check_same("input", input, "weights[0]", weights[0])
+    return _run(input, _net(_activations(activation, output_activation, len(weights)), has_bias), params)
 
 
 class MLP(nn.Module):
-    pass
+    r"""The seed's feedforward network: ``[Linear → f] × N``, all gradients written out by hand.
+
+    ``sizes = [D_0, D_1, …, D_N]`` gives ``N`` linear layers ``mlp.layers[n]``
+    (:class:`manual_bp.Linear`, ``D_n → D_{n+1}``). Each is followed by ``activation``, the last by
+    ``output_activation`` (``None``: the same ``f`` at every layer, as in the seed; ``"identity"``:
+    a linear output, e.g. logits for a cross-entropy loss). The input is ``y_0`` itself; no
+    activation is applied to it:
+
+    .. math::
+        x_{n+1} = y_n W_n^\top + b_n, \qquad y_{n+1} = f(x_{n+1}), \qquad n = 0, …, N-1.
+
+    Args:
+        sizes: layer widths ``[D_0, …, D_N]``, at least two positive integers.
+        activation: a name (``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``elu``, ``softplus``,
+            ``gelu``, ``gelu_tanh``, ``silu``, ``identity``) or an activation module such as
+            ``manual_bp.LeakyReLU(0.2)`` (which carries its parameters).
+        output_activation: the same, for the last layer; ``None`` repeats ``activation``.
+        bias: whether every layer has a bias.
+        fused: ``True`` runs the network as one :class:`MLPFunction` (the seed's loop in one
+            backward); ``False`` chains the per-layer Functions of :mod:`manual_bp.functional`.
+            The parameters and ``state_dict`` (``layers.0.weight``, ``layers.0.bias``, …) are the
+            same either way; the attribute may be changed at any time.
+
+    Shape: ``(*, D_0) -> (*, D_N)``. Parameters are initialised as ``torch.nn.Linear`` does.
+
+    >>> import torch, manual_bp
+    >>> net = manual_bp.MLP([3, 5, 2])
+    >>> net(torch.randn(4, 3)).shape
+    torch.Size([4, 2])
+    >>> list(net.state_dict())
+    ['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias']
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: Any = "sigmoid",
+        output_activation: Any = None,
+        bias: bool = True,
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+            raise TypeError(f"sizes must be a sequence of ints [D_0, ..., D_N], got {type(sizes).__name__}")
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must hold at least two entries (input and output width), got {sizes}")
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise TypeError(f"sizes must hold ints, got {size!r} ({type(size).__name__}) in {sizes}")
+            if size <= 0:
+                raise ValueError(f"sizes must be positive, got {size} in {sizes}")
+        self.sizes: tuple[int, ...] = tuple(sizes)
+        self._activation = get_activation(activation)
+        self._output_activation = (
+            self._activation if output_activation is None else get_activation(output_activation)
+        )
+        self.fused = bool(fused)
+        self.layers = nn.ModuleList(
+            Linear(d_in, d_out, bias=bias, device=device, dtype=dtype)
+            for d_in, d_out in zip(sizes, sizes[1:], strict=False)
+        )
+        self._net = _net(self.activations, bias)
+
+    @property
+    def activation(self) -> Activation:
+        """The hidden layers' activation ``f``."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: Any) -> None:
+        self._activation = get_activation(value)
+        self._net = _net(self.activations, self._net.has_bias)
+
+    @property
+    def output_activation(self) -> Activation:
+        """The output layer's activation (the hidden one unless given)."""
+        return self._output_activation
+
+    @output_activation.setter
+    def output_activation(self, value: Any) -> None:
+        self._output_activation = get_activation(value)
+        self._net = _net(self.activations, self._net.has_bias)
+
+    @property
+    def activations(self) -> tuple[Activation, ...]:
+        """The activation of each layer: ``activation`` for the hidden ones, then ``output_activation``."""
+        return (self._activation,) * (len(self.layers) - 1) + (self._output_activation,)
+
+    def parameters_flat(self) -> list[Tensor]:
+        """``W_0, b_0, W_1, b_1, …`` (no biases if the network has none): the fused Function's params."""
+        params: list[Tensor] = []
+        for layer in self.layers._modules.values():
+            own = layer._parameters  # type: ignore[union-attr]  # (faster than Module.__getattr__)
+            params.append(own["weight"])
+            if own.get("bias") is not None:
+                params.append(own["bias"])
+        return params
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
+            check_floating("input", input)
+            raise ValueError("MLP expected input of shape (*, D_0), got a 0-d tensor")
+        if input.shape[-1] != self.sizes[0]:
+            raise ValueError(
+                f"MLP expected input of shape (*, {self.sizes[0]}) (sizes[0]={self.sizes[0]}), "
+                f"got shape {tuple(input.shape)}"
+            )
+        if not self.fused:
+            y = input
+            for layer, act in zip(self.layers, self.activations, strict=True):
+                y = act.functional(layer(y))  # FF through the per-layer Functions
+            return y
+        params = self.parameters_flat()
+        weight = params[0]
+        if input.device != weight.device or (input.dtype != weight.dtype and autocast_dtype(input) is None):
+            check_same("input", input, "weight", weight)
+        net = self._net
+        if len(params) != net.step * net.depth:
+            raise ValueError(
+                f"the MLP was built with bias={net.has_bias} in every layer, but its layers now hold "
+                f"{len(params)} parameters for {net.depth} layers"
+            )
+        return _run(input, net, params)
+
+    def extra_repr(self) -> str:
+        return (
+            f"sizes={list(self.sizes)}, activation={self.activation}, "
+            f"output_activation={self.output_activation}, fused={self.fused}"
+        )

@@ -1,0 +1,274 @@
+"""The autograd-free engine against autograd + ``torch.optim.SGD`` on a native twin."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close, make_tensor
+
+import manual_bp
+from manual_bp import engine
+from manual_bp._activations import ACTIVATIONS
+
+F64 = torch.float64
+TIGHT = {"atol": 1e-12, "rtol": 1e-12}
+
+
+def native_twin(net: manual_bp.MLP) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for layer, act in zip(net.layers, net.activations, strict=True):
+        mods += [
+            nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=F64),
+            act.native(),
+        ]
+    twin = nn.Sequential(*mods)
+    with torch.no_grad():
+        for i, layer in enumerate(net.layers):
+            twin[2 * i].weight.copy_(layer.weight)
+            if layer.bias is not None:
+                twin[2 * i].bias.copy_(layer.bias)
+    return twin
+
+
+def native_loss(out: torch.Tensor, target: torch.Tensor, loss: str, reduction: str) -> torch.Tensor:
+    if loss == "half_squared_error":
+        per_sample = 0.5 * ((out - target) ** 2).sum(-1)
+        return per_sample.mean() if reduction == "mean" else per_sample.sum()
+    return F.cross_entropy(out, target, reduction=reduction)
+
+
+def make_target(kind: str, batch: int, classes: int) -> torch.Tensor:
+    if kind == "half_squared_error":
+        return torch.rand(batch, classes, dtype=F64)
+    if kind == "ce-index":
+        return torch.randint(0, classes, (batch,))
+    return torch.softmax(torch.randn(batch, classes, dtype=F64), -1)  # class probabilities
+
+
+def assert_same_weights(net: manual_bp.MLP, twin: nn.Sequential) -> None:
+    for i, layer in enumerate(net.layers):
+        assert_close(layer.weight, twin[2 * i].weight, **TIGHT)
+        if layer.bias is not None:
+            assert_close(layer.bias, twin[2 * i].bias, **TIGHT)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("target_kind", ["half_squared_error", "ce-index", "ce-prob"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_k_steps_equal_autograd_sgd(activation: str, target_kind: str, reduction: str) -> None:
+    torch.manual_seed(0)
+    net = manual_bp.MLP([5, 7, 6, 4], activation, dtype=F64)
+    twin = native_twin(net)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.2)
+    loss = "half_squared_error" if target_kind == "half_squared_error" else "cross_entropy"
+    x = make_tensor((9, 5), dtype=F64, device="cpu", low=-2, high=2)
+    target = make_target(target_kind, 9, 4)
+    for _ in range(4):
+        got = engine.sgd_step(net, x, target, lr=0.2, loss=loss, reduction=reduction)
+        optimizer.zero_grad()
+        want = native_loss(twin(x), target, loss, reduction)
+        want.backward()
+        optimizer.step()
+        assert got.shape == () and got.grad_fn is None and not got.requires_grad
+        assert_close(got, want.detach(), **TIGHT)
+    assert_same_weights(net, twin)
+    assert not torch.equal(net.layers[0].weight, twin[0].weight.detach() * 0)  # sanity: weights are real
+
+
+@pytest.mark.parametrize(
+    ("activation", "output_activation", "bias"),
+    [
+        ("tanh", "identity", True),
+        ("gelu", "identity", False),
+        ("relu", "sigmoid", False),
+        ("silu", None, True),
+    ],
+)
+@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
+def test_output_activation_and_no_bias(
+    activation: str, output_activation: str | None, bias: bool, loss: str
+) -> None:
+    torch.manual_seed(1)
+    net = manual_bp.MLP([4, 6, 5, 3], activation, output_activation, bias=bias, dtype=F64)
+    twin = native_twin(net)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
+    x = make_tensor((8, 4), dtype=F64, device="cpu")
+    target = make_target("ce-index" if loss == "cross_entropy" else loss, 8, 3)
+    for _ in range(3):
+        got = engine.sgd_step(net, x, target, 0.1, loss)
+        optimizer.zero_grad()
+        want = native_loss(twin(x), target, loss, "mean")
+        want.backward()
+        optimizer.step()
+        assert_close(got, want.detach(), **TIGHT)
+    assert_same_weights(net, twin)
+
+
+def test_deltas_are_the_gradients_of_every_pre_activation() -> None:
+    torch.manual_seed(2)
+    net = manual_bp.MLP([4, 6, 5, 3], "softplus", dtype=F64)
+    twin = native_twin(net)
+    x = make_tensor((7, 4), dtype=F64, device="cpu", requires_grad=True)
+    target = torch.rand(7, 3, dtype=F64)
+    before = copy.deepcopy(net.state_dict())
+    trace = engine.deltas(net, x.detach(), target, reduction="sum")
+    for key, value in net.state_dict().items():  # no update
+        assert torch.equal(value, before[key])
+    # autograd reference: keep the gradient of every pre-activation x_n
+    pre: list[torch.Tensor] = []
+    y: torch.Tensor = x
+    ys = [x]
+    for i in range(0, len(twin), 2):
+        x_n = twin[i](y)
+        x_n.retain_grad()
+        pre.append(x_n)
+        y = twin[i + 1](x_n)
+        ys.append(y)
+    want = native_loss(y, target, "half_squared_error", "sum")
+    want.backward()
+    assert_close(trace.loss, want.detach(), **TIGHT)
+    assert len(trace.xs) == len(trace.ys) == len(trace.deltas) == 4
+    assert_close(trace.deltas[0], x.grad, **TIGHT)  # ∂C/∂y_0, the input gradient
+    for n in range(1, 4):
+        assert_close(trace.xs[n], pre[n - 1].detach(), **TIGHT)
+        assert_close(trace.ys[n], ys[n].detach(), **TIGHT)
+        assert_close(trace.deltas[n], pre[n - 1].grad, **TIGHT)
+    for n in range(3):
+        assert_close(trace.weight_grads[n], twin[2 * n].weight.grad, **TIGHT)
+        assert_close(trace.bias_grads[n], twin[2 * n].bias.grad, **TIGHT)
+
+
+def test_deltas_shrink_through_a_deep_sigmoid_net() -> None:
+    torch.manual_seed(3)
+    net = manual_bp.MLP([16, *[32] * 9, 4], dtype=F64)
+    trace = engine.deltas(net, torch.randn(64, 16, dtype=F64), torch.rand(64, 4, dtype=F64))
+    norms = [float(d.norm()) for d in trace.deltas[1:]]
+    # σ′ ≤ ¼: each step of BP2 shrinks δ by about ‖W‖/4 < 1 at nn.Linear's initialisation
+    assert all(lower < upper for lower, upper in zip(norms, norms[1:], strict=False))
+    assert norms[0] < 1e-3 * norms[-1]
+
+
+def test_cross_entropy_on_an_activated_output_matches_autograd() -> None:
+    """With a sigmoid output, cross_entropy sees σ(x_N) as logits, as ``cross_entropy(mlp(x), t)`` does."""
+    torch.manual_seed(4)
+    net = manual_bp.MLP([3, 5, 4], "sigmoid", dtype=F64)
+    x, t = torch.randn(6, 3, dtype=F64), torch.randint(0, 4, (6,))
+    trace = engine.deltas(net, x, t, loss="cross_entropy")
+    net.zero_grad()
+    F.cross_entropy(net(x), t).backward()
+    for layer, grad in zip(net.layers, trace.weight_grads, strict=True):
+        assert_close(grad, layer.weight.grad, **TIGHT)
+
+
+def test_leading_dims_equal_flattened_batch() -> None:
+    torch.manual_seed(5)
+    net = manual_bp.MLP([4, 5, 3], "tanh", dtype=F64)
+    flat = copy.deepcopy(net)
+    x, t = torch.randn(2, 3, 4, dtype=F64), torch.randint(0, 3, (2, 3))
+    got = engine.sgd_step(net, x, t, 0.3, "cross_entropy")
+    want = engine.sgd_step(flat, x.reshape(6, 4), t.reshape(6), 0.3, "cross_entropy")
+    assert_close(got, want, rtol=0, atol=0)
+    for a, b in zip(net.parameters(), flat.parameters(), strict=True):
+        assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_empty_batch_changes_nothing(reduction: str) -> None:
+    net = manual_bp.MLP([3, 4, 2], dtype=F64)
+    before = copy.deepcopy(net.state_dict())
+    loss = engine.sgd_step(
+        net, torch.empty(0, 3, dtype=F64), torch.empty(0, 2, dtype=F64), 0.1, reduction=reduction
+    )
+    want = manual_bp.functional.half_squared_error(torch.empty(0, 2), torch.empty(0, 2), reduction)
+    assert math.isnan(loss) if reduction == "mean" else float(loss) == 0.0
+    assert math.isnan(want) if reduction == "mean" else float(want) == 0.0  # as torch reduces
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_no_autograd_involved() -> None:
+    net = manual_bp.MLP([3, 4, 2])  # parameters require grad
+    x = torch.randn(5, 3, requires_grad=True)
+    with torch.enable_grad():
+        loss = engine.sgd_step(net, x, torch.rand(5, 2), 0.5)
+    assert loss.grad_fn is None and not loss.requires_grad
+    assert all(p.grad is None for p in net.parameters()) and x.grad is None
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_unfused_mlp_trains_the_same() -> None:
+    torch.manual_seed(6)
+    net = manual_bp.MLP([3, 4, 2], "elu", dtype=F64)
+    other = copy.deepcopy(net)
+    other.fused = False
+    x, t = torch.randn(5, 3, dtype=F64), torch.rand(5, 2, dtype=F64)
+    assert_close(engine.sgd_step(net, x, t, 0.1), engine.sgd_step(other, x, t, 0.1), rtol=0, atol=0)
+    for a, b in zip(net.parameters(), other.parameters(), strict=True):
+        assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def net() -> manual_bp.MLP:
+    return manual_bp.MLP([3, 4, 2])
+
+
+def test_not_an_mlp(net: manual_bp.MLP) -> None:
+    x, t = torch.randn(5, 3), torch.rand(5, 2)
+    with pytest.raises(TypeError, match="trains a manual_bp.MLP, got Sequential"):
+        engine.sgd_step(nn.Sequential(nn.Linear(3, 2)), x, t, 0.1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got Linear"):
+        engine.deltas(manual_bp.Linear(3, 2), x, t)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, math.nan, math.inf, -math.inf])
+def test_bad_learning_rate(net: manual_bp.MLP, lr: float) -> None:
+    with pytest.raises(ValueError, match="lr must be positive and finite"):
+        engine.sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr)
+
+
+@pytest.mark.parametrize("lr", ["0.1", None, True, torch.tensor(0.1)])
+def test_learning_rate_of_wrong_type(net: manual_bp.MLP, lr: object) -> None:
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        engine.sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr)  # type: ignore[arg-type]
+
+
+def test_target_shape_must_match(net: manual_bp.MLP) -> None:
+    with pytest.raises(ValueError, match=r"target shape \(5, 3\) must equal the output shape \(5, 2\)"):
+        engine.sgd_step(net, torch.randn(5, 3), torch.rand(5, 3), 0.1)
+    with pytest.raises(ValueError, match=r"target shape \(5,\) must equal"):
+        engine.deltas(net, torch.randn(5, 3), torch.rand(5))
+    with pytest.raises(ValueError, match=r"class-index target must have shape \(5,\)"):
+        engine.sgd_step(net, torch.randn(5, 3), torch.zeros(5, 1, dtype=torch.long), 0.1, "cross_entropy")
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 2\)"):
+        engine.sgd_step(net, torch.randn(2, 3), torch.tensor([0, 2]), 0.1, "cross_entropy")
+    with pytest.raises(TypeError, match="class-index targets must be int64"):
+        engine.sgd_step(net, torch.randn(2, 3), torch.tensor([0, 1], dtype=torch.int32), 0.1, "cross_entropy")
+    with pytest.raises(TypeError, match="floating-point"):
+        engine.sgd_step(net, torch.randn(2, 3), torch.tensor([0, 1]), 0.1)
+
+
+def test_unknown_loss_and_reduction(net: manual_bp.MLP) -> None:
+    x, t = torch.randn(5, 3), torch.rand(5, 2)
+    with pytest.raises(
+        ValueError, match="loss must be one of 'half_squared_error', 'cross_entropy', got 'mse'"
+    ):
+        engine.sgd_step(net, x, t, 0.1, loss="mse")
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'none'"):
+        engine.sgd_step(net, x, t, 0.1, reduction="none")
+
+
+def test_input_checks(net: manual_bp.MLP) -> None:
+    with pytest.raises(ValueError, match=r"x must have shape \(\*, 3\).*got \(5, 4\)"):
+        engine.sgd_step(net, torch.randn(5, 4), torch.rand(5, 2), 0.1)
+    with pytest.raises(TypeError, match="same dtype"):
+        engine.sgd_step(net, torch.randn(5, 3, dtype=F64), torch.rand(5, 2, dtype=F64), 0.1)
+    with pytest.raises(TypeError, match="floating-point"):
+        engine.sgd_step(net, torch.ones(5, 3, dtype=torch.long), torch.rand(5, 2), 0.1)

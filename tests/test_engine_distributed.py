@@ -1,0 +1,90 @@
+"""Two gloo processes running ``engine.sgd_step`` on shards end with one process's whole-batch weights."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+import manual_bp
+from manual_bp import engine
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo"
+)
+
+F64 = torch.float64
+STEPS = 3
+LR = 0.3
+BATCH = 10
+# (name, loss, target kind, reduction, rows of rank 0: the rest go to rank 1)
+CASES = [
+    ("hse-mean", "half_squared_error", "dense", "mean", 5),
+    ("hse-sum", "half_squared_error", "dense", "sum", 5),
+    ("ce-index-mean", "cross_entropy", "index", "mean", 5),
+    ("ce-prob-sum", "cross_entropy", "prob", "sum", 5),
+    ("hse-mean-unequal", "half_squared_error", "dense", "mean", 7),  # 7 + 3 rows
+    ("ce-index-mean-unequal", "cross_entropy", "index", "mean", 2),  # 2 + 8 rows
+]
+
+
+def make_case(loss: str, kind: str) -> tuple[manual_bp.MLP, torch.Tensor, torch.Tensor]:
+    """The same network and batch in every process (seeded)."""
+    torch.manual_seed(0)
+    net = manual_bp.MLP([4, 6, 5, 3], "tanh", "identity" if loss == "cross_entropy" else None, dtype=F64)
+    x = torch.randn(BATCH, 4, dtype=F64)
+    if kind == "dense":
+        target = torch.rand(BATCH, 3, dtype=F64)
+    elif kind == "index":
+        target = torch.randint(0, 3, (BATCH,))
+    else:
+        target = torch.softmax(torch.randn(BATCH, 3, dtype=F64), -1)
+    return net, x, target
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        results = {}
+        for name, loss, kind, reduction, split in CASES:
+            net, x, target = make_case(loss, kind)
+            rows = slice(0, split) if rank == 0 else slice(split, BATCH)
+            losses = [engine.sgd_step(net, x[rows], target[rows], LR, loss, reduction) for _ in range(STEPS)]
+            results[name] = (net.state_dict(), torch.stack(losses))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_on_shards_equal_one_process_on_the_batch(tmp_path: Path) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, loss, kind, reduction, _ in CASES:
+        net, x, target = make_case(loss, kind)
+        before = copy.deepcopy(net.state_dict())
+        want_losses = torch.stack(
+            [engine.sgd_step(net, x, target, LR, loss, reduction) for _ in range(STEPS)]
+        )
+        for rank in ranks:
+            state, losses = rank[name]
+            assert_close(losses, want_losses, atol=1e-12, rtol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+            for key, value in net.state_dict().items():
+                assert not torch.equal(value, before[key])  # the step did move the weights
+                assert_close(state[key], value, atol=1e-12, rtol=1e-12, msg=lambda m, n=name: f"{n}: {m}")

@@ -1,0 +1,443 @@
+"""MLP: fused and per-layer forms against each other and a native ``nn.Sequential`` twin."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck, gradgradcheck
+from torch.testing import assert_close, make_tensor
+
+import manual_bp
+from manual_bp._activations import ACTIVATIONS, get_activation
+from manual_bp.mlp import MLPFunction, _net, mlp
+
+NAMES = list(ACTIVATIONS)
+F64 = torch.float64
+
+
+def native_twin(net: manual_bp.MLP) -> nn.Sequential:
+    """``nn.Linear`` + native activation modules carrying ``net``'s weights."""
+    mods: list[nn.Module] = []
+    for layer, act in zip(net.layers, net.activations, strict=True):
+        lin = nn.Linear(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            dtype=layer.weight.dtype,
+        )
+        mods += [lin, act.native()]
+    twin = nn.Sequential(*mods)
+    twin.load_state_dict(to_sequential(net.state_dict()))
+    return twin
+
+
+def to_sequential(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``layers.i.weight`` -> ``{2i}.weight`` (Linear, activation, Linear, ... in a Sequential)."""
+    out = {}
+    for key, value in state.items():
+        _, i, name = key.split(".")
+        out[f"{2 * int(i)}.{name}"] = value
+    return out
+
+
+def from_sequential(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"layers.{int(k.split('.')[0]) // 2}.{k.split('.')[1]}": v for k, v in state.items()}
+
+
+def grads_of(model: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Output, input gradient and parameter gradients of ``model`` for ``out.backward(grad_out)``."""
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(out, [x, *params], grad_out)
+    return (out.detach(), *grads)
+
+
+# ----------------------------------------------------------------------------- registry, construction
+
+
+def test_registry_lists_every_activation() -> None:
+    assert set(NAMES) == {
+        "sigmoid",
+        "tanh",
+        "relu",
+        "leaky_relu",
+        "elu",
+        "softplus",
+        "gelu",
+        "gelu_tanh",
+        "silu",
+        "identity",
+    }
+    for name in NAMES:
+        assert get_activation(name).name == name
+
+
+def test_unknown_activation_lists_known_names() -> None:
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*sigmoid, tanh, relu.*identity"):
+        manual_bp.MLP([2, 3], activation="swish")
+    with pytest.raises(ValueError, match="known activations"):
+        manual_bp.MLP([2, 3], output_activation="softmax")
+    with pytest.raises(TypeError, match="activation must be a name"):
+        manual_bp.MLP([2, 3], activation=3)
+    with pytest.raises(ValueError, match="unsupported activation module Softmax"):
+        manual_bp.MLP([2, 3], activation=nn.Softmax(-1))
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        (manual_bp.LeakyReLU(0.2), "leaky_relu"),
+        (nn.GELU(approximate="tanh"), "gelu_tanh"),
+        (nn.ELU(0.5), "elu"),
+        (manual_bp.Softplus(2.0, 5.0), "softplus"),
+        (nn.Identity(), "identity"),
+    ],
+)
+def test_activation_module_carries_its_parameters(module: nn.Module, name: str) -> None:
+    net = manual_bp.MLP([3, 4, 2], activation=module, dtype=F64)
+    assert net.activation.name == name
+    twin = native_twin(net)
+    assert type(twin[1]) is type(module) or isinstance(module, type(twin[1]))
+    x = make_tensor((5, 3), dtype=F64, device="cpu", low=-3, high=3)
+    assert_close(net(x), twin(x))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "error", "match"),
+    [
+        ([3], ValueError, "at least two entries"),
+        ([], ValueError, "at least two entries"),
+        ([3, 0, 2], ValueError, "must be positive, got 0"),
+        ([3, -4], ValueError, "must be positive, got -4"),
+        ([3, 2.5], TypeError, "must hold ints, got 2.5"),
+        ([3, True], TypeError, "must hold ints"),
+        ("34", TypeError, "sequence of ints"),
+        (5, TypeError, "sequence of ints"),
+    ],
+)
+def test_bad_sizes(sizes: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        manual_bp.MLP(sizes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_structure_and_state_dict_keys(bias: bool) -> None:
+    fused = manual_bp.MLP([4, 6, 5, 3], bias=bias)
+    unfused = manual_bp.MLP([4, 6, 5, 3], bias=bias, fused=False)
+    expected = [f"layers.{i}.{p}" for i in range(3) for p in (("weight", "bias") if bias else ("weight",))]
+    assert list(fused.state_dict()) == expected == list(unfused.state_dict())
+    assert all(type(layer) is manual_bp.Linear for layer in fused.layers)
+    assert [tuple(layer.weight.shape) for layer in fused.layers] == [(6, 4), (5, 6), (3, 5)]
+    assert fused.activations == (get_activation("sigmoid"),) * 3  # output_activation=None: f everywhere
+    assert "sizes=[4, 6, 5, 3]" in repr(fused) and "fused=True" in repr(fused)
+
+
+def test_output_activation_and_setters() -> None:
+    net = manual_bp.MLP([3, 4, 4, 2], activation="tanh", output_activation="identity", dtype=F64)
+    assert [a.name for a in net.activations] == ["tanh", "tanh", "identity"]
+    x = make_tensor((6, 3), dtype=F64, device="cpu")
+    y = net(x)
+    net.output_activation = "sigmoid"
+    assert_close(net(x), torch.sigmoid(y))
+    net.activation = "relu"
+    assert [a.name for a in net.activations] == ["relu", "relu", "sigmoid"]
+    net.fused = False
+    y_unfused = net(x)
+    net.fused = True
+    assert_close(net(x), y_unfused)
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("output_activation", [None, "identity"], ids=["f-out", "linear-out"])
+@pytest.mark.parametrize("activation", NAMES)
+def test_fused_unfused_native_agree(
+    activation: str, output_activation: str | None, bias: bool, dtype: torch.dtype
+) -> None:
+    torch.manual_seed(0)
+    net = manual_bp.MLP([5, 8, 7, 3], activation, output_activation, bias=bias, dtype=dtype)
+    unfused = copy.deepcopy(net)
+    unfused.fused = False
+    twin = native_twin(net)
+    x = make_tensor((6, 5), dtype=dtype, device="cpu", low=-2, high=2)
+    grad_out = make_tensor((6, 3), dtype=dtype, device="cpu", low=-1, high=1)
+    reference = grads_of(twin, x, grad_out)
+    for model in (net, unfused):
+        result = grads_of(model, x, grad_out)
+        assert len(result) == len(reference)
+        for got, want in zip(result, reference, strict=True):
+            assert got.shape == want.shape
+            assert_close(got, want)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "gelu", "identity"])
+def test_state_dict_moves_between_forms(activation: str) -> None:
+    torch.manual_seed(1)
+    source = manual_bp.MLP([4, 6, 3], activation, dtype=F64)
+    x = make_tensor((5, 4), dtype=F64, device="cpu")
+    expected = source(x)
+    unfused = manual_bp.MLP([4, 6, 3], activation, fused=False, dtype=F64)
+    unfused.load_state_dict(source.state_dict())
+    assert_close(unfused(x), expected, rtol=0, atol=0)
+    twin = native_twin(manual_bp.MLP([4, 6, 3], activation, dtype=F64))
+    twin.load_state_dict(to_sequential(unfused.state_dict()))
+    assert_close(twin(x), expected)
+    back = manual_bp.MLP([4, 6, 3], activation, dtype=F64)
+    back.load_state_dict(from_sequential(twin.state_dict()))
+    assert_close(back(x), expected, rtol=0, atol=0)
+
+
+SHAPES = {
+    "no-batch": (4,),
+    "empty": (0, 4),
+    "batch-8": (8, 4),
+    "2x3": (2, 3, 4),
+    "5d": (2, 1, 3, 2, 4),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+def test_leading_dims(shape: tuple[int, ...], activation: str) -> None:
+    torch.manual_seed(2)
+    net = manual_bp.MLP([4, 5, 3], activation, dtype=F64)
+    twin = native_twin(net)
+    x = make_tensor(shape, dtype=F64, device="cpu")
+    grad_out = make_tensor((*shape[:-1], 3), dtype=F64, device="cpu")
+    out = net(x)
+    assert out.shape == (*shape[:-1], 3)
+    for got, want in zip(grads_of(net, x, grad_out), grads_of(twin, x, grad_out), strict=True):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softplus"])
+def test_non_contiguous_input_and_grad_output(activation: str) -> None:
+    torch.manual_seed(3)
+    net = manual_bp.MLP([4, 6, 3], activation)
+    twin = native_twin(net)
+    x = make_tensor((4, 7), dtype=torch.float32, device="cpu").t()  # (7, 4), transposed
+    grad_out = make_tensor((3, 7), dtype=torch.float32, device="cpu").t()
+    assert not x.is_contiguous() and not grad_out.is_contiguous()
+    for got, want in zip(grads_of(net, x, grad_out), grads_of(twin, x, grad_out), strict=True):
+        assert_close(got, want)
+
+
+def test_grad_fn_is_the_fused_function() -> None:
+    net = manual_bp.MLP([3, 4, 2])
+    x = torch.randn(5, 3)
+    assert net(x).grad_fn.name() == "MLPFunctionBackward"
+    net.fused = False
+    assert net(x).grad_fn.name() == "SigmoidFunctionBackward"
+    net.output_activation = "identity"
+    assert net(x).grad_fn.name() == "LinearFunctionBackward"
+
+
+def test_skips_gradients_nobody_needs() -> None:
+    torch.manual_seed(4)
+    net = manual_bp.MLP([3, 5, 4, 2], "tanh", dtype=F64)
+    twin = native_twin(net)
+    net.layers[0].requires_grad_(False)
+    twin[0].requires_grad_(False)
+    x = make_tensor((6, 3), dtype=F64, device="cpu")  # no requires_grad: no input gradient
+    net(x).square().sum().backward()
+    twin(x).square().sum().backward()
+    assert net.layers[0].weight.grad is None and net.layers[0].bias.grad is None
+    for mine, theirs in zip(net.parameters(), twin.parameters(), strict=True):
+        if theirs.grad is not None:
+            assert_close(mine.grad, theirs.grad)
+    # only the input needs a gradient
+    net.requires_grad_(False)
+    twin.requires_grad_(False)
+    x.requires_grad_(True)
+    (g_mine,) = torch.autograd.grad(net(x).sum(), x)
+    (g_theirs,) = torch.autograd.grad(twin(x).sum(), x)
+    assert_close(g_mine, g_theirs)
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+
+CHECK_ACTS = [*NAMES, "leaky_relu(-0.1)", "elu(-0.5)"]
+
+
+def _act(spec: str) -> object:
+    if spec == "leaky_relu(-0.1)":
+        return nn.LeakyReLU(-0.1)  # f′ needs x here: the input is saved
+    if spec == "elu(-0.5)":
+        return nn.ELU(-0.5)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "output_activation", [None, "identity", "gelu"], ids=["f-out", "linear-out", "gelu-out"]
+)
+@pytest.mark.parametrize("activation", CHECK_ACTS)
+def test_gradcheck_and_gradgradcheck(activation: str, output_activation: str | None) -> None:
+    """The raw Function, extra outputs included (their gradients enter the recursion too)."""
+    torch.manual_seed(5)
+    act = get_activation(_act(activation))
+    out_act = act if output_activation is None else get_activation(output_activation)
+    net = _net((act, act, out_act), True)
+    x = make_tensor((4, 3), dtype=F64, device="cpu", low=-2, high=2, requires_grad=True)
+    sizes = [3, 4, 3, 2]
+    params = []
+    for d_in, d_out in zip(sizes, sizes[1:], strict=False):
+        params.append(make_tensor((d_out, d_in), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
+        params.append(make_tensor((d_out,), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
+
+    def fn(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return MLPFunction.apply(x, net, *params)
+
+    assert gradcheck(fn, (x, *params), fast_mode=True)
+    assert gradgradcheck(fn, (x, *params), fast_mode=True)
+    if output_activation is None:  # the slow mode on the small case
+        assert gradcheck(fn, (x, *params))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "gelu", "relu"])
+def test_gradgradcheck_through_module_without_bias(activation: str) -> None:
+    torch.manual_seed(6)
+    x = make_tensor((3, 2), dtype=F64, device="cpu", low=-2, high=2, requires_grad=True)
+    weights = [
+        make_tensor((3, 2), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True),
+        make_tensor((2, 3), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True),
+    ]
+
+    def fn(x: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+        return mlp(x, [w0, w1], None, activation)
+
+    assert gradcheck(fn, (x, *weights))
+    assert gradgradcheck(fn, (x, *weights))
+
+
+def test_vmap_grad_per_sample() -> None:
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(7)
+    net = manual_bp.MLP([3, 4, 2], "gelu", dtype=F64)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x = make_tensor((5, 3), dtype=F64, device="cpu")
+    t = make_tensor((5, 2), dtype=F64, device="cpu")
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
+        return manual_bp.functional.half_squared_error(functional_call(net, p, (xi,)), ti)
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, t)
+    for i in range(5):
+        expected = torch.autograd.grad(loss(dict(net.named_parameters()), x[i], t[i]), list(net.parameters()))
+        for (name, _), want in zip(net.named_parameters(), expected, strict=True):
+            assert_close(per_sample[name][i], want)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves for one forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("depth", [2, 8])
+@pytest.mark.parametrize("activation", NAMES)
+def test_saved_memory_at_most_native(activation: str, depth: int) -> None:
+    width, batch = 32, 16
+    net = manual_bp.MLP([width] * (depth + 1), activation)
+    x = torch.randn(batch, width)
+    fused, native = saved_bytes(net, x), saved_bytes(native_twin(net), x)
+    assert fused <= native
+    one = batch * width * 4  # bytes of one (batch, width) float32 activation
+    # The input plus one tensor per layer (y_n, or x_n where f′ needs x); none for the identity output.
+    assert fused == one * (1 + depth - (activation == "identity"))
+    if activation in ("gelu", "gelu_tanh", "silu", "softplus"):
+        # native keeps x_n (activation) and y_n (next Linear) per hidden layer; the fused path x_n only
+        assert native == one * 2 * depth
+        if depth == 8:
+            assert fused / native <= 0.6
+
+
+# ----------------------------------------------------------------------------- dtypes, autocast
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_close_to_float64(dtype: torch.dtype) -> None:
+    """Fused and per-layer forms round differently (``g − (g y) y`` in place vs ``g (1 − y²)``), so
+    both are compared with the float64 result at the dtype's precision (a few units of its eps:
+    float16 eps ≈ 1e-3, bfloat16 eps ≈ 8e-3) rather than bit for bit with each other."""
+    torch.manual_seed(8)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
+    net = manual_bp.MLP([4, 8, 3], "tanh", dtype=dtype)
+    unfused = copy.deepcopy(net)
+    unfused.fused = False
+    exact = copy.deepcopy(net).double()
+    # inputs in [-1, 1]: tanh stays off saturation, where 1 − y² cancels in any low precision
+    x = make_tensor((5, 4), dtype=dtype, device="cpu", low=-1, high=1)
+    grad_out = make_tensor((5, 3), dtype=dtype, device="cpu", low=-1, high=1)
+    want = grads_of(exact, x.double(), grad_out.double())
+    for model in (net, unfused):
+        for got, ref in zip(grads_of(model, x, grad_out), want, strict=True):
+            assert got.dtype == dtype
+            assert_close(got.double(), ref, atol=tol, rtol=tol)
+
+
+def test_autocast_like_native() -> None:
+    torch.manual_seed(9)
+    net = manual_bp.MLP([4, 8, 3], "gelu")
+    twin = native_twin(net)
+    x = torch.randn(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, want = net(x), twin(x)
+    assert out.dtype == want.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters())
+    assert_close(out, want)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_input_errors() -> None:
+    net = manual_bp.MLP([3, 4, 2])
+    with pytest.raises(ValueError, match=r"input of shape \(\*, 3\).*got shape \(5, 4\)"):
+        net(torch.randn(5, 4))
+    with pytest.raises(TypeError, match="floating-point"):
+        net(torch.ones(5, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="same dtype"):
+        net(torch.randn(5, 3, dtype=F64))
+    with pytest.raises(ValueError, match="0-d"):
+        net(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        net([1.0, 2.0, 3.0])  # type: ignore[arg-type]
+
+
+def test_functional_mlp_errors() -> None:
+    x = torch.randn(2, 3)
+    w0, w1 = torch.randn(4, 3), torch.randn(2, 4)
+    assert mlp(x, [w0, w1], [torch.zeros(4), torch.zeros(2)], "relu").shape == (2, 2)
+    with pytest.raises(ValueError, match=r"weights\[1\] must have shape \(out_features, 4\)"):
+        mlp(x, [w0, torch.randn(2, 5)])
+    with pytest.raises(ValueError, match="one bias per weight"):
+        mlp(x, [w0, w1], [torch.zeros(4)])
+    with pytest.raises(ValueError, match=r"biases\[0\] must have shape \(4,\)"):
+        mlp(x, [w0, w1], [torch.zeros(3), torch.zeros(2)])
+    with pytest.raises(ValueError, match="at least one weight"):
+        mlp(x, [])
+    with pytest.raises(ValueError, match="known activations"):
+        mlp(x, [w0, w1], activation="mish")
