@@ -1,9 +1,410 @@
-"""convert / revert (work in progress: being written)."""
+"""Swap the ``torch.nn`` layers of an existing model for their manual twins, and back.
+
+:func:`convert` walks a model (any nesting of ``Sequential``, ``ModuleList``, ``ModuleDict`` and
+custom modules, the model itself included) and turns every ``torch.nn.Linear`` (subclasses too,
+such as the ``out_proj`` of ``nn.MultiheadAttention``) and every supported activation module into
+its manual twin from :mod:`manual_bp.modules`. :func:`revert` is its exact inverse.
+
+How: each manual class subclasses its ``torch.nn`` counterpart and adds nothing but ``forward``,
+so a module is converted by changing its class (``module.__class__ = Twin``). The module object
+stays the same object with the same ``Parameter`` objects, names, buffers, hooks,
+``requires_grad`` flags, dtype, device, train/eval mode and ``state_dict``; only ``forward``
+changes. A subclass of a ``torch.nn`` layer (``NonDynamicallyQuantizableLinear``, a user's
+``MyLinear(nn.Linear)``) gets a twin that subclasses both the manual layer and the original
+class, so ``isinstance`` checks and extra methods keep working; a subclass that overrides
+``forward`` stays native (its ``forward`` is not ``Linear``'s any more).
+
+What cannot be converted is reported by :func:`conversion_report`: modules of other kinds
+(``Conv2d``, ``LayerNorm``, ...) stay native and compose with manual ones through autograd;
+activations stored as *functions* (``nn.TransformerEncoderLayer(activation="gelu")`` keeps
+``F.gelu``) or called inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) are not modules and
+cannot be swapped.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from manual_bp import modules as M
+
+__all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "revert"]
+
+_log = logging.getLogger(__name__)
+
+# torch.nn class -> manual twin. Every twin subclasses its key and overrides only ``forward``.
+_NATIVE_TO_MANUAL: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: M.Linear,
+    nn.Sigmoid: M.Sigmoid,
+    nn.Tanh: M.Tanh,
+    nn.ReLU: M.ReLU,
+    nn.LeakyReLU: M.LeakyReLU,
+    nn.ELU: M.ELU,
+    nn.Softplus: M.Softplus,
+    nn.GELU: M.GELU,
+    nn.SiLU: M.SiLU,
+    nn.Identity: M.Identity,
+    nn.CrossEntropyLoss: M.CrossEntropyLoss,
+}
+_MANUAL_TO_NATIVE: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _NATIVE_TO_MANUAL.items()}
+
+# Functions that do what a convertible module does; found as module attributes they are reported.
+_FUNCTIONAL_TWINS: dict[Any, str] = {
+    F.linear: "torch.nn.functional.linear",
+    F.relu: "torch.nn.functional.relu",
+    F.gelu: "torch.nn.functional.gelu",
+    F.silu: "torch.nn.functional.silu",
+    F.elu: "torch.nn.functional.elu",
+    F.leaky_relu: "torch.nn.functional.leaky_relu",
+    F.softplus: "torch.nn.functional.softplus",
+    F.sigmoid: "torch.nn.functional.sigmoid",
+    F.tanh: "torch.nn.functional.tanh",
+    torch.relu: "torch.relu",
+    torch.sigmoid: "torch.sigmoid",
+    torch.tanh: "torch.tanh",
+}
+
+FUNCTIONAL_NOTE = (
+    "activations called as functions inside forward (F.relu(x), torch.tanh(x), x.sigmoid()) or "
+    "stored as functions (nn.TransformerEncoderLayer(activation='relu') keeps F.relu) are not "
+    "modules and cannot be swapped: they stay native (pass a module, e.g. activation=nn.ReLU(), "
+    "to convert them)"
+)
 
 
-def convert(model, inplace=False):  # noqa: ANN001, ANN201
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# Twins of subclasses (NonDynamicallyQuantizableLinear, user subclasses of nn.Linear, ...)
+# --------------------------------------------------------------------------------------------
+
+_TWIN_PREFIX = "_twin_"
+_TWINS: dict[type[nn.Module], type[nn.Module]] = {}
 
 
-def revert(model, inplace=False):  # noqa: ANN001, ANN201
-    raise NotImplementedError
+def _twin_name(cls: type) -> str:
+    """A picklable attribute name of this module that encodes ``cls``'s module and qualname."""
+    return (
+        f"{_TWIN_PREFIX}{cls.__module__.replace('.', '_dot_')}_cls_{cls.__qualname__.replace('.', '_dot_')}"
+    )
+
+
+def _twin_of(cls: type[nn.Module], manual: type[nn.Module]) -> type[nn.Module]:
+    """The class ``(manual, cls)``: the manual ``forward`` on top of everything else of ``cls``."""
+    twin = _TWINS.get(cls)
+    if twin is None:
+        name = _twin_name(cls)
+        twin = type(cls.__name__, (manual, cls), {"__module__": __name__, "_manual_bp_native": cls})
+        twin.__qualname__ = name
+        _TWINS[cls] = twin
+        globals()[name] = twin  # so that pickle finds it by module and qualname
+    return twin
+
+
+def __getattr__(name: str) -> Any:
+    """Recreate a twin class on demand, so that a converted model pickled in another process loads."""
+    if name.startswith(_TWIN_PREFIX) and "_cls_" in name:
+        module_name, qualname = name[len(_TWIN_PREFIX) :].split("_cls_", 1)
+        obj: Any = importlib.import_module(module_name.replace("_dot_", "."))
+        for part in qualname.split("_dot_"):
+            obj = getattr(obj, part)
+        native = _native_base(obj)
+        if native is not None:
+            return _twin_of(obj, _NATIVE_TO_MANUAL[native])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _native_base(cls: type) -> type[nn.Module] | None:
+    """The supported ``torch.nn`` class that ``cls`` is (or derives from), if any."""
+    for base in cls.__mro__:
+        if base in _NATIVE_TO_MANUAL:
+            return base
+    return None
+
+
+def _is_manual(cls: type) -> bool:
+    return any(base in _MANUAL_TO_NATIVE for base in cls.__mro__)
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """One module of a model: its dotted path (``""`` for the model itself) and what it is."""
+
+    path: str
+    kind: str  # class name, or "function attribute"
+    status: str  # "manual" or "native"
+    note: str = ""
+
+
+@dataclass
+class ConversionReport:
+    """Which parts of a model run manual backward and which stay native, with reasons.
+
+    ``manual`` lists modules whose ``forward`` is a manual one; ``native`` lists modules left to
+    autograd that have parameters or that look convertible (containers without parameters of their
+    own are omitted); ``functions`` lists activations stored as function attributes. ``str(report)``
+    is a table.
+    """
+
+    model: str
+    manual: list[ModuleEntry] = field(default_factory=list)
+    native: list[ModuleEntry] = field(default_factory=list)
+    functions: list[ModuleEntry] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rows = [(e.path or "(model)", e.kind, e.status, e.note) for e in self.manual + self.native]
+        rows += [(e.path, e.kind, e.status, e.note) for e in self.functions]
+        out = [f"conversion report for {self.model}: {len(self.manual)} manual, {len(self.native)} native"]
+        out.append(_table(("module", "class", "backward", "note"), rows))
+        out.append(f"note: {FUNCTIONAL_NOTE}.")
+        return "\n".join(out)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A plain text table with aligned columns."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)])
+
+
+def _own_params(module: nn.Module) -> int:
+    return len(module._parameters) - sum(p is None for p in module._parameters.values())
+
+
+def _unconvertible_reason(module: nn.Module, native: type[nn.Module]) -> str | None:
+    """Why a module of a supported kind must stay native, or ``None`` if it converts."""
+    cls = type(module)
+    if cls.forward is not native.forward:
+        return f"{cls.__qualname__} overrides forward(); converting would change what it computes"
+    if isinstance(module, nn.CrossEntropyLoss) and module.label_smoothing != 0.0:
+        return f"label_smoothing={module.label_smoothing} is not supported (only 0.0)"
+    return None
+
+
+def _walk(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module | None]]:
+    """``(path, module, parent)`` for every distinct module, not descending into opaque ones."""
+    seen: set[int] = set()
+    out: list[tuple[str, nn.Module, nn.Module | None]] = []
+
+    def visit(path: str, module: nn.Module, parent: nn.Module | None) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        out.append((path, module, parent))
+        if _opaque_reason(module) is not None:
+            return
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(f"{path}.{name}" if path else name, child, module)
+
+    visit("", model, None)
+    return out
+
+
+def _opaque_reason(module: nn.Module) -> str | None:
+    if isinstance(module, torch.jit.ScriptModule):
+        return "TorchScript module: its code is compiled and cannot be changed"
+    cls = type(module)
+    if cls.__module__.startswith("manual_bp.") and not _is_manual(cls):
+        return f"manual_bp.{cls.__name__} computes its own backward; left as it is"
+    return None
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """Describe which modules of ``model`` run a manual backward and which stay native, and why.
+
+    Works on any model, converted or not. Modules whose ``forward`` is never called by their parent
+    are still listed by class: the ``out_proj`` of ``nn.MultiheadAttention`` is one (the attention
+    reads its weight directly), and the report says so.
+
+    >>> import torch, manual_bp
+    >>> from manual_bp.convert import conversion_report
+    >>> model = manual_bp.convert(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh()))
+    >>> [e.path for e in conversion_report(model).manual]
+    ['0', '1']
+    """
+    _check_module(model, "conversion_report")
+    report = ConversionReport(model=type(model).__name__)
+    for path, module, parent in _walk(model):
+        cls = type(module)
+        opaque = _opaque_reason(module)
+        n = _own_params(module)
+        params = f"{n} param{'s' if n != 1 else ''}" if n else ""
+        if opaque is not None:
+            status = "manual" if cls.__module__.startswith("manual_bp.") else "native"
+            entry = ModuleEntry(path, cls.__name__, status, "; ".join(x for x in (params, opaque) if x))
+            (report.manual if status == "manual" else report.native).append(entry)
+        elif _is_manual(cls):
+            note = params
+            if isinstance(parent, nn.MultiheadAttention) and path.endswith("out_proj"):
+                note = "; ".join(
+                    x
+                    for x in (
+                        params,
+                        "but MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward "
+                        "and never calls this forward: its gradient comes from native autograd",
+                    )
+                    if x
+                )
+            report.manual.append(ModuleEntry(path, cls.__name__, "manual", note))
+        else:
+            native = _native_base(cls)
+            if native is not None:
+                reason = _unconvertible_reason(module, native)
+                note = reason if reason is not None else "convertible (not converted yet)"
+                report.native.append(
+                    ModuleEntry(path, cls.__name__, "native", "; ".join(x for x in (params, note) if x))
+                )
+            elif n:
+                report.native.append(
+                    ModuleEntry(path, cls.__name__, "native", f"{params}; not supported by manual_bp")
+                )
+        for attr, value in vars(module).items():
+            if attr.startswith("_"):
+                continue
+            name = _functional_name(value)
+            if name is not None:
+                where = f"{path}.{attr}" if path else attr
+                note = f"= {name}: a function, not a module; cannot be swapped"
+                report.functions.append(ModuleEntry(where, "function attribute", "native", note))
+    return report
+
+
+def _functional_name(value: Any) -> str | None:
+    try:
+        return _FUNCTIONAL_TWINS.get(value)
+    except TypeError:  # unhashable attribute value
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# convert / revert
+# --------------------------------------------------------------------------------------------
+
+
+def _check_module(model: Any, who: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who} expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _copy(model: nn.Module, who: str) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # deepcopy fails e.g. on non-leaf tensors stored as attributes
+        raise RuntimeError(
+            f"{who}(model, inplace=False) deep-copies the model, and copying this "
+            f"{type(model).__name__} failed ({type(error).__name__}: {error}); "
+            f"pass inplace=True to change the model itself"
+        ) from error
+
+
+def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Swap every ``torch.nn.Linear`` and supported activation module of ``model`` for its manual twin.
+
+    Converted: ``nn.Linear`` and its subclasses that keep ``Linear.forward`` (e.g. the ``out_proj``
+    of ``nn.MultiheadAttention``), ``nn.Sigmoid``, ``Tanh``, ``ReLU``, ``LeakyReLU``, ``ELU``,
+    ``Softplus``, ``GELU``, ``SiLU``, ``Identity`` and ``nn.CrossEntropyLoss`` (``label_smoothing=0``
+    only), anywhere in the model, the model itself included. Everything else stays native and
+    composes with manual layers through autograd. Parameters (the same objects when
+    ``inplace=True``), names, buffers, hooks, ``requires_grad``, dtype, device, train/eval mode and
+    ``state_dict`` are unchanged; only ``forward`` changes. ``inplace=True`` on native activations
+    (``nn.ReLU(inplace=True)``) is computed out of place.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        inplace: change ``model`` itself (and return it); by default a deep copy is converted and
+            ``model`` is left untouched.
+
+    Returns:
+        The converted model. ``manual_bp.convert.conversion_report(model)`` (also logged at INFO on
+        the ``manual_bp.convert`` logger) says what is manual and what stays native, and why.
+        Warns (``UserWarning``) when there is nothing to convert.
+
+    >>> import torch, manual_bp
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> manual = manual_bp.convert(model)
+    >>> manual(torch.randn(3, 4)).grad_fn.name()
+    'LinearFunctionBackward'
+    >>> type(model[0]) is torch.nn.Linear  # the original is untouched
+    True
+    """
+    _check_module(model, "convert")
+    if not inplace:
+        model = _copy(model, "convert")
+    converted = already = 0
+    for _, module, _ in _walk(model):
+        if _opaque_reason(module) is not None:
+            continue
+        cls = type(module)
+        if _is_manual(cls):
+            already += 1
+            continue
+        native = _native_base(cls)
+        if native is None or _unconvertible_reason(module, native) is not None:
+            continue
+        manual = _NATIVE_TO_MANUAL[native]
+        module.__class__ = manual if cls is native else _twin_of(cls, manual)
+        converted += 1
+    if converted == 0:
+        why = (
+            f"all {already} supported modules are manual already"
+            if already
+            else "it has no torch.nn.Linear or supported activation module"
+        )
+        warnings.warn(
+            f"manual_bp.convert: nothing to convert in {type(model).__name__} ({why}); "
+            f"the model is returned unchanged. Note: {FUNCTIONAL_NOTE}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if _log.isEnabledFor(logging.INFO):
+        _log.info("%s", conversion_report(model))
+    return model
+
+
+def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The exact inverse of :func:`convert`: every manual twin becomes its ``torch.nn`` class again.
+
+    Classes come back exactly (``NonDynamicallyQuantizableLinear`` stays that class); parameters,
+    buffers, hooks and modes are untouched, so ``revert(convert(m))`` computes bit-identical
+    outputs. Manual layers built directly (``manual_bp.Linear(3, 4)``) become their ``torch.nn``
+    class too; ``manual_bp.MLP`` and user subclasses of manual layers are left as they are. Warns
+    when there is nothing to revert.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        inplace: change ``model`` itself; by default a deep copy is reverted.
+    """
+    _check_module(model, "revert")
+    if not inplace:
+        model = _copy(model, "revert")
+    reverted = 0
+    for _, module, _ in _walk(model):
+        if _opaque_reason(module) is not None:
+            continue
+        cls = type(module)
+        native = cls.__dict__.get("_manual_bp_native")
+        if native is None:
+            native = _MANUAL_TO_NATIVE.get(cls)
+        if native is not None:
+            module.__class__ = native
+            reverted += 1
+    if reverted == 0:
+        warnings.warn(
+            f"manual_bp.revert: nothing to revert in {type(model).__name__} (no manual module made by "
+            "convert or built from manual_bp's layers); the model is returned unchanged.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model

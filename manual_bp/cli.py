@@ -1,0 +1,246 @@
+"""The ``manual-bp`` command (also ``python -m manual_bp``).
+
+* ``manual-bp check`` runs the gradient-validation suite (:func:`manual_bp.check.run_suite`) and
+  prints it as a table; the exit code is 1 if any check fails.
+* ``manual-bp check --model package.module:factory`` (or ``path/to/file.py:factory``) calls the
+  factory, converts a float64 copy of the model it returns and compares it with the native copy
+  (:func:`manual_bp.check.check_model`); the exit code is 1 on a mismatch.
+* ``manual-bp train ...`` hands every remaining argument to the Lightning CLI
+  (``manual_bp.lightning.cli.main``).
+
+A factory takes no arguments and returns ``(model, inputs)`` or ``(model, inputs, loss_fn)``, or a
+dict with the keys ``model``, ``inputs`` and optionally ``loss_fn``: ``model`` a ``torch.nn.Module``;
+``inputs`` a Tensor, a tuple or list of positional arguments, or a dict of keyword arguments;
+``loss_fn`` maps the model's output to a scalar Tensor. Bad input (a path that does not import, no
+such attribute, a factory that raises or returns something else) prints one line on stderr and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+_DTYPES = ("float64", "float32")
+
+
+class UsageError(Exception):
+    """Bad input on the command line: reported as one line on stderr, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="manual-bp",
+        description="Backpropagation written out by hand: validate the gradients, or train with Lightning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{check,train}")
+    check = sub.add_parser(
+        "check",
+        help="gradcheck/gradgradcheck every manual Function, or compare a converted model with native",
+        description=(
+            "Without --model: run gradcheck and gradgradcheck (float64) and a comparison with the "
+            "native op (float32) for every Function of manual_bp.functional and print a table. With "
+            "--model: convert a copy of your model and compare its output and every gradient with "
+            "the native copy's. Exit code 0 when everything passes, 1 on a failure, 2 on bad input."
+        ),
+    )
+    check.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help=(
+            "a factory 'package.module:function' or 'path/to/file.py:function' returning "
+            "(model, inputs) or (model, inputs, loss_fn); the current directory is importable"
+        ),
+    )
+    check.add_argument(
+        "--dtype", choices=_DTYPES, default="float64", help="dtype of the model comparison (default float64)"
+    )
+    check.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+    check.add_argument("--seed", type=int, default=0, help="seed for samples, dropout and the default loss")
+    sub.add_parser(
+        "train",
+        help="train with Lightning (LightningCLI fit); all arguments pass on: see 'manual-bp train --help'",
+        add_help=False,
+    )
+    return parser
+
+
+def _load_factory(spec: str) -> Callable[[], Any]:
+    """Import ``module:attr`` or ``file.py:attr`` and return the attribute, or raise ``UsageError``."""
+    if ":" not in spec:
+        raise UsageError(
+            f"--model expects 'package.module:factory' or 'file.py:factory', got {spec!r} (no ':')"
+        )
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise UsageError(f"--model expects 'package.module:factory' or 'file.py:factory', got {spec!r}")
+    if target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise UsageError(f"--model: no such file {target!r}")
+        name = "_manual_bp_factory_" + os.path.splitext(os.path.basename(target))[0]
+        loader_spec = importlib.util.spec_from_file_location(name, target)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UsageError(f"--model: cannot load {target!r} as a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as error:
+            raise UsageError(
+                f"--model: importing {target!r} failed: {type(error).__name__}: {error}"
+            ) from error
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as 'python -m' would: modules in the current directory import
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as error:
+            raise UsageError(f"--model: cannot import module {target!r}: {error}") from error
+        except Exception as error:
+            raise UsageError(
+                f"--model: importing {target!r} failed: {type(error).__name__}: {error}"
+            ) from error
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--model: module {target!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(
+            f"--model: {spec!r} is a {type(obj).__name__}, expected a function returning (model, inputs)"
+        )
+    return obj
+
+
+def _call_factory(spec: str) -> tuple[Any, Any, Any]:
+    """``(model, inputs, loss_fn)`` from the user's factory, checked; ``UsageError`` if it is wrong."""
+    import torch
+    from torch import nn
+
+    factory = _load_factory(spec)
+    try:
+        result = factory()
+    except Exception as error:
+        raise UsageError(f"--model: {spec}() raised {type(error).__name__}: {error}") from error
+    expected = "(model, inputs), (model, inputs, loss_fn) or a dict with keys 'model' and 'inputs'"
+    if isinstance(result, Mapping):
+        unknown = set(result) - {"model", "inputs", "loss_fn"}
+        if "model" not in result or "inputs" not in result or unknown:
+            raise UsageError(
+                f"--model: {spec}() returned a dict with keys {sorted(result)}; expected {expected}"
+            )
+        model, inputs, loss_fn = result["model"], result["inputs"], result.get("loss_fn")
+    elif isinstance(result, Sequence) and not isinstance(result, str) and len(result) in (2, 3):
+        model, inputs, loss_fn = (*result, None)[:3]
+    else:
+        raise UsageError(f"--model: {spec}() returned {_describe(result)}; expected {expected}")
+    if not isinstance(model, nn.Module):
+        raise UsageError(
+            f"--model: {spec}() returned {_describe(model)} as the model; expected a torch.nn.Module"
+        )
+    if not (
+        isinstance(inputs, (torch.Tensor, Mapping))
+        or (isinstance(inputs, (tuple, list)) and any(isinstance(a, torch.Tensor) for a in inputs))
+    ):
+        raise UsageError(
+            f"--model: {spec}() returned {_describe(inputs)} as the inputs; expected a Tensor, a tuple or "
+            "list of positional arguments (with at least one Tensor), or a dict of keyword arguments"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageError(f"--model: {spec}() returned {_describe(loss_fn)} as loss_fn; expected a callable")
+    return model, inputs, loss_fn
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, (tuple, list)):
+        return f"a {type(obj).__name__} of {len(obj)} item{'s' if len(obj) != 1 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from manual_bp import check
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise UsageError(f"--device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.model is None:
+        rows = check.run_suite(device=device, seed=args.seed)
+        print(check.format_suite(rows))
+        return 0 if all(r.passed for r in rows) else 1
+    model, inputs, loss_fn = _call_factory(args.model)
+    model = model.to(device)
+    inputs = _to(inputs, device)
+    try:  # the native model must run on its own example inputs before anything is compared
+        with torch.no_grad():
+            if isinstance(inputs, Mapping):
+                model(**inputs)
+            else:
+                model(*(inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
+    except Exception as error:
+        raise UsageError(
+            f"--model: the model from {args.model}() fails on its example inputs: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    result = check.check_model(model, inputs, loss_fn, dtype=getattr(torch, args.dtype), seed=args.seed)
+    print(result)
+    print(
+        "PASS: manual gradients match native autograd" if result.passed else "FAIL: manual gradients differ"
+    )
+    return 0 if result.passed else 1
+
+
+def _to(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _train(argv: list[str]) -> int:
+    try:
+        from manual_bp.lightning.cli import main as train_main
+    except ModuleNotFoundError as error:
+        if error.name is not None and (
+            error.name.startswith("manual_bp") or error.name.startswith("lightning")
+        ):
+            raise UsageError(
+                f"manual-bp train needs the Lightning integration (manual_bp.lightning.cli), which is not "
+                f"available here: {error}"
+            ) from error
+        raise
+    code = train_main(argv)
+    return code if isinstance(code, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``manual-bp`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["train"]:
+            return _train(argv[1:])  # LightningCLI parses the rest, --help included
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _check(args)
+    except UsageError as error:
+        print(f"manual-bp: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,147 @@
+"""The ``manual-bp`` command: ``check`` (suite and ``--model``), errors, and the ``train`` hand-off.
+
+A few runs go through a real subprocess (``python -m manual_bp``) to prove the exit codes; the
+error cases call ``manual_bp.cli.main`` in-process, which returns the same exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from manual_bp import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "manual_bp", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_check_suite_prints_the_table_and_exits_zero() -> None:
+    proc = _run("check")
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["op", "dtype", "check", "error", "pass", "samples", "detail"]
+    rows = [line.split() for line in lines[2:-1]]
+    assert {r[0] for r in rows} >= {"linear", "sigmoid", "cross_entropy", "half_squared_error", "mlp"}
+    assert {r[2] for r in rows} == {"gradcheck", "gradgradcheck", "native"}
+    failed = [r for r in rows if "FAIL" in r]
+    assert proc.returncode == (1 if failed else 0), proc.stdout + proc.stderr
+    assert lines[-1].startswith(f"{len(rows) - len(failed)} of {len(rows)} checks passed")
+    assert not failed, proc.stdout  # the real suite passes
+
+
+def test_check_model_passes_and_reports() -> None:
+    proc = _run("check", "--model", "tests._factories:cnn")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "conversion report for SmallCNN: 4 manual, 3 native" in out
+    assert "manual vs native in float64" in out and "grad head.0.weight" in out
+    assert "relu" in out and "tests/_factories.py:" in out  # the F.relu call convert cannot swap
+    assert out.rstrip().endswith("PASS: manual gradients match native autograd")
+
+
+def test_check_model_fails_on_wrong_gradients() -> None:
+    proc = _run("check", "--model", "tests/_factories.py:broken_backward")  # file-path form
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL: manual gradients differ" in proc.stdout
+    fails = {
+        line.split()[1] for line in proc.stdout.splitlines() if line.startswith("grad ") and "FAIL" in line
+    }
+    assert fails == {"0.weight", "2.weight"}  # exactly the sabotaged weight gradients
+
+
+def test_bad_model_path_in_a_subprocess() -> None:
+    proc = _run("check", "--model", "no_such_package.models:make")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "manual-bp: error: --model: cannot import module 'no_such_package.models': "
+        "No module named 'no_such_package'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "tests._factories",
+            "expects 'package.module:factory' or 'file.py:factory', got 'tests._factories' (no ':')",
+        ),
+        ("tests._factories:nope", "module 'tests._factories' has no attribute 'nope'"),
+        ("tests/missing.py:f", "no such file 'tests/missing.py'"),
+        ("tests._factories:NOT_CALLABLE", "is a int, expected a function returning (model, inputs)"),
+        (
+            "tests._factories:bad_raises",
+            "tests._factories:bad_raises() raised RuntimeError: factory exploded",
+        ),
+        ("tests._factories:bad_returns_string", "returned a str; expected (model, inputs)"),
+        ("tests._factories:bad_returns_four", "returned a tuple of 4 items; expected (model, inputs)"),
+        ("tests._factories:bad_model_type", "returned a str as the model; expected a torch.nn.Module"),
+        ("tests._factories:bad_inputs_type", "returned a float as the inputs; expected a Tensor"),
+        ("tests._factories:bad_shape", "fails on its example inputs: RuntimeError: mat1 and mat2 shapes"),
+    ],
+)
+def test_bad_model_is_one_line_and_exit_two(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["check", "--model", spec]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("manual-bp: error: --model"), err
+    assert message in err
+
+
+def test_other_factory_forms(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["check", "--model", "tests._factories:mlp_with_loss", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "manual vs native in float32" in out and "PASS" in out
+    assert cli.main(["check", "--model", "tests._factories:as_dict"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_bad_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--device", "warp9"]) == 2
+    assert capsys.readouterr().err.startswith("manual-bp: error: --device")
+
+
+def test_help_lists_both_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "check" in out and "train" in out
+    assert cli.main([]) == 2  # no command: help, and a usage exit code
+
+
+def test_train_forwards_every_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("manual_bp.lightning.cli")
+    fake.main = lambda argv: seen.append(list(argv)) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "manual_bp.lightning.cli", fake)
+    args = ["--trainer.max_epochs", "2", "--help", "--model.lr=0.5"]
+    assert cli.main(["train", *args]) == 0
+    assert seen == [args]
+
+
+def test_train_without_the_lightning_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "manual_bp.lightning.cli", None)  # import fails as if it were missing
+    assert cli.main(["train"]) == 2
+    assert "manual-bp train needs the Lightning integration" in capsys.readouterr().err
