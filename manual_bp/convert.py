@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,7 +168,7 @@ class ConversionReport:
         rows += [(e.path, e.kind, e.status, e.note) for e in self.functions]
         out = [f"conversion report for {self.model}: {len(self.manual)} manual, {len(self.native)} native"]
         out.append(_table(("module", "class", "backward", "note"), rows))
-        out.append(f"note: {FUNCTIONAL_NOTE}.")
+        out.append(textwrap.fill(f"note: {FUNCTIONAL_NOTE}.", width=100, subsequent_indent="      "))
         return "\n".join(out)
 
 
@@ -246,18 +247,16 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             entry = ModuleEntry(path, cls.__name__, status, "; ".join(x for x in (params, opaque) if x))
             (report.manual if status == "manual" else report.native).append(entry)
         elif _is_manual(cls):
-            note = params
             if isinstance(parent, nn.MultiheadAttention) and path.endswith("out_proj"):
-                note = "; ".join(
-                    x
-                    for x in (
-                        params,
-                        "but MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward "
-                        "and never calls this forward: its gradient comes from native autograd",
-                    )
-                    if x
+                note = (
+                    "converted, but never called: MultiheadAttention passes out_proj.weight to "
+                    "F.multi_head_attention_forward, so this gradient is native"
                 )
-            report.manual.append(ModuleEntry(path, cls.__name__, "manual", note))
+                report.native.append(
+                    ModuleEntry(path, cls.__name__, "native", "; ".join(x for x in (params, note) if x))
+                )
+            else:
+                report.manual.append(ModuleEntry(path, cls.__name__, "manual", params))
         else:
             native = _native_base(cls)
             if native is not None:
@@ -327,9 +326,10 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
             ``model`` is left untouched.
 
     Returns:
-        The converted model. ``manual_bp.convert.conversion_report(model)`` (also logged at INFO on
-        the ``manual_bp.convert`` logger) says what is manual and what stays native, and why.
-        Warns (``UserWarning``) when there is nothing to convert.
+        The converted model. :func:`conversion_report` (``from manual_bp.convert import
+        conversion_report``) says what is manual and what stays native, and why; the same table
+        is logged at INFO level on the ``manual_bp.convert`` logger. Warns (``UserWarning``) when
+        there is nothing to convert.
 
     >>> import torch, manual_bp
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
