@@ -319,7 +319,7 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
     for task in ("classifier", "regressor"):
         if task == "classifier":
             sk = MLPClassifier(
-                (hidden,),
+                hidden_layer_sizes=(hidden,),
                 activation="logistic",
                 solver="sgd",
                 learning_rate_init=lr,
@@ -333,7 +333,7 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             loss, t_all = "cross_entropy", labels
         else:
             sk = MLPRegressor(
-                (hidden,),
+                hidden_layer_sizes=(hidden,),
                 activation="logistic",
                 solver="sgd",
                 learning_rate_init=lr,
