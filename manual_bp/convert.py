@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manual_bp import modules as M
+from manual_bp.mlp import MLP
 
 __all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "revert"]
 
@@ -214,11 +215,11 @@ def _walk(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module | None]]:
 
 
 def _opaque_reason(module: nn.Module) -> str | None:
+    """Why convert/revert must not look inside ``module``, or ``None``."""
     if isinstance(module, torch.jit.ScriptModule):
         return "TorchScript module: its code is compiled and cannot be changed"
-    cls = type(module)
-    if cls.__module__.startswith("manual_bp.") and not _is_manual(cls):
-        return f"manual_bp.{cls.__name__} computes its own backward; left as it is"
+    if isinstance(module, (MLP, M.HalfSquaredError)):
+        return f"manual_bp.{type(module).__name__} computes its own backward; left as it is"
     return None
 
 
@@ -243,7 +244,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
         n = _own_params(module)
         params = f"{n} param{'s' if n != 1 else ''}" if n else ""
         if opaque is not None:
-            status = "manual" if cls.__module__.startswith("manual_bp.") else "native"
+            status = "native" if isinstance(module, torch.jit.ScriptModule) else "manual"
             entry = ModuleEntry(path, cls.__name__, status, "; ".join(x for x in (params, opaque) if x))
             (report.manual if status == "manual" else report.native).append(entry)
         elif _is_manual(cls):

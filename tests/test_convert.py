@@ -393,3 +393,16 @@ def test_manual_built_layers_revert_and_manual_mlp_is_left_alone() -> None:
     assert type(back[0]) is nn.Linear and type(back[1]) is nn.Tanh
     assert type(back[2]) is manual_bp.MLP and type(back[2].layers[0]) is manual_bp.Linear
     assert any("computes its own backward" in e.note for e in conversion_report(model).manual)
+
+
+def test_other_manual_bp_wrappers_are_walked_into() -> None:
+    class Wrapper(nn.Module):  # like a LightningModule of manual_bp's that holds a native model
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+            self.loss = manual_bp.HalfSquaredError()
+
+    Wrapper.__module__ = "manual_bp.lightning.module"
+    manual = manual_bp.convert(Wrapper())
+    assert type(manual.model[0]) is manual_bp.Linear and type(manual.model[1]) is manual_bp.ReLU
+    assert {e.path for e in conversion_report(manual).manual} == {"model.0", "model.1", "loss"}
