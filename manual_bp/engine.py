@@ -8,7 +8,7 @@ and computes ``x_{n+1} = y_n W_nᵀ + b_n``, ``y_{n+1} = f(x_{n+1})``, ``n = 0..
 ====  ====================================  ==============================================
 step  seed                                  here (rows are samples)
 ====  ====================================  ==============================================
-FF    ``x_{n+1} = w_n y_n``, ``y = f(x)``   ``x = torch.addmm(b, y, W.t())``; ``f_(x)``
+FF    ``x_{n+1} = w_n y_n``, ``y = f(x)``   ``x = F.linear(y, W, b)``; ``y = f(x)`` in place
 BP1   ``δ_N = (y_N − t) f′(x_N)``           ``δ = s (y_N − t) ⊙ f′(x_N)``
 BP2   ``δ_n = δ_{n+1} w_n f′(x_n)``         ``δ_n = (δ_{n+1} @ W_n) ⊙ f′(x_n)`` (W_n not yet updated)
 BP3   ``∂c/∂w_n = δ_{n+1} y_n``             ``δ_{n+1}ᵀ @ y_n``, ``Σ_rows δ_{n+1}``
@@ -206,9 +206,10 @@ def sgd_step(
         depth = len(acts)
         # BP1: δ_N = g ⊙ f′(x_N)
         delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
+        layers = list(mlp.layers)
         if not distributed:
             for n in range(depth - 1, -1, -1):
-                layer = mlp.layers[n]
+                layer = layers[n]
                 # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
                 below = None
                 if n > 0:
@@ -230,9 +231,9 @@ def sgd_step(
             offset += p.numel()
         flat[-2] = total
         flat[-1] = count
-        step = 2 if mlp.layers[0].bias is not None else 1
+        step = 2 if layers[0].bias is not None else 1
         for n in range(depth - 1, -1, -1):
-            weight = mlp.layers[n].weight
+            weight = layers[n].weight
             torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
             if step == 2:
                 torch.sum(delta, 0, out=views[step * n + 1])

@@ -336,6 +336,16 @@ def test_vmap_grad_per_sample() -> None:
             assert_close(per_sample[name][i], want)
 
 
+def test_torch_compile_fullgraph_gives_eager_gradients() -> None:
+    torch.manual_seed(10)
+    net = manual_bp.MLP([3, 4, 2], "gelu", output_activation="sigmoid", dtype=F64)
+    x = make_tensor((5, 3), dtype=F64, device="cpu")
+    grad_out = make_tensor((5, 2), dtype=F64, device="cpu")
+    compiled = torch.compile(net, fullgraph=True)
+    for got, want in zip(grads_of(compiled, x, grad_out), grads_of(net, x, grad_out), strict=True):
+        assert_close(got, want)
+
+
 # ----------------------------------------------------------------------------- memory
 
 
