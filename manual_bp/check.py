@@ -264,6 +264,8 @@ _NATIVE_ACT: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "silu": F.silu,
     "softplus": F.softplus,
+    "relu": torch.relu,
+    "leaky_relu": F.leaky_relu,
     "identity": lambda x: x,
 }
 
@@ -289,12 +291,14 @@ def _native_mlp(
 
 
 def _mlp_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
-    """Networks 3 → 4 → 2 with smooth activations (no kinks for finite differences to straddle)."""
+    """Networks 3 → 4 → 2 with every kind of activation (smooth ones, relu-like, identity output)."""
     out = []
     settings = [
         ("sigmoid", None, True),
         ("tanh", "identity", True),
         ("gelu", None, False),
+        ("leaky_relu", "identity", True),  # kinks: a pre-activation within eps of 0 is improbable
+        ("relu", "sigmoid", False),
         ("silu", "softplus", True),
     ]
     for activation, output_activation, bias in settings:
