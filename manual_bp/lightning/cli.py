@@ -1,0 +1,144 @@
+"""``manual-bp train``: LightningCLI's ``fit``, then ``test`` on the best checkpoint, then the accuracy.
+
+Run ``manual-bp train --help`` for every option (``--model.*``, ``--data.*``, every ``--trainer.*``
+flag, ``--checkpoint.*``, ``--gradient_check.*``, ``--gradient_flow.*``, ``--optimizer``),
+``--config file.yaml`` to read them from YAML and ``--print_config`` to print the resolved
+configuration. The defaults train the seed's network (``MLP([64, 64, 10])``, sigmoid at every
+layer, half squared error, plain SGD) on scikit-learn's digits; ``python -m
+manual_bp.lightning.cli`` is the same command.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+from jsonargparse import lazy_instance
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from manual_bp.lightning.callbacks import GradientCheck, GradientFlow
+from manual_bp.lightning.data import DigitsDataModule
+from manual_bp.lightning.module import ManualBPModule
+
+__all__ = ["DEFAULTS", "ManualBPCLI", "default_loggers", "main", "resolve_last_checkpoint"]
+
+#: The defaults of ``manual-bp train`` that differ from Lightning's (see the README for how they
+#: were chosen: >= 97% test accuracy on digits in well under a minute on two CPU cores).
+DEFAULTS: dict[str, Any] = {
+    "seed_everything": 0,
+    "max_epochs": 80,
+}
+
+
+def default_loggers(save_dir: str) -> list[Logger]:
+    """CSV logs in ``save_dir/lightning_logs/version_N``; TensorBoard too, in ``save_dir/tensorboard``,
+    when the ``tensorboard`` package is installed."""
+    loggers: list[Logger] = [CSVLogger(save_dir=save_dir)]
+    if importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=save_dir, name="tensorboard"))
+    return loggers
+
+
+def resolve_last_checkpoint(trainer: pl.Trainer, checkpoint: ModelCheckpoint) -> str | None:
+    """The newest ``last*.ckpt`` of earlier runs of this configuration, or ``None``.
+
+    Looked up in ``--checkpoint.dirpath`` when set, otherwise in every run directory of the logger
+    (``<save_dir>/lightning_logs/version_*/checkpoints``) or, without a logger, in
+    ``<default_root_dir>/checkpoints``: each run writes to a new version directory, so Lightning's
+    own ``"last"`` (which looks in the current run's directory only) would find nothing.
+    """
+    if checkpoint.dirpath:
+        patterns = [os.path.join(checkpoint.dirpath, "last*.ckpt")]
+    elif trainer.loggers:
+        patterns = []
+        for logger in trainer.loggers:
+            root = getattr(logger, "root_dir", None) or logger.save_dir
+            if root:
+                patterns.append(os.path.join(root, "*", "checkpoints", "last*.ckpt"))
+    else:
+        patterns = [os.path.join(trainer.default_root_dir, "checkpoints", "last*.ckpt")]
+    found = [path for pattern in patterns for path in glob.glob(pattern)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+class ManualBPCLI(LightningCLI):
+    """LightningCLI with the always-on callbacks of ``manual-bp train`` and its ``--ckpt_path``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"data": lazy_instance(DigitsDataModule)})
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {"checkpoint.save_last": True, "checkpoint.monitor": "val/loss", "checkpoint.mode": "min"}
+        )
+        parser.add_lightning_class_args(GradientCheck, "gradient_check")
+        parser.add_lightning_class_args(GradientFlow, "gradient_flow")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume fitting from this checkpoint; 'last' takes the newest last.ckpt of earlier runs.",
+        )
+        parser.add_argument(
+            "--test",
+            type=bool,
+            default=True,
+            help="After fitting, test the best checkpoint (by --checkpoint.monitor) and print the result.",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = default_loggers(config.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
+
+def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
+    return next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``manual-bp train`` with the arguments ``argv`` (default: ``sys.argv[1:]``)."""
+    cli = ManualBPCLI(
+        ManualBPModule,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        args=argv,
+        run=False,
+        seed_everything_default=DEFAULTS["seed_everything"],
+        trainer_defaults={"max_epochs": DEFAULTS["max_epochs"]},
+        save_config_kwargs={"overwrite": True},
+    )
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    checkpoint = _checkpoint_callback(trainer)
+    ckpt_path = cli.config.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = resolve_last_checkpoint(trainer, checkpoint)
+        if ckpt_path is None:
+            rank_zero_warn("--ckpt_path last: no last checkpoint found; training from the start.")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if not cli.config.get("test", True) or trainer.interrupted:
+        return
+    tested = checkpoint.best_model_path or checkpoint.last_model_path or None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
+    if trainer.is_global_zero and results:
+        metrics = results[0]
+        count = len(datamodule.test_dataloader().dataset) if hasattr(datamodule, "test_dataloader") else "?"
+        source = f"checkpoint {tested}" if tested else "final weights"
+        if "test/acc" in metrics:
+            print(f"test accuracy: {metrics['test/acc']:.4f} ({count} held-out samples, {source})")
+        else:
+            print(f"test mse: {metrics['test/mse']:.6g} ({count} held-out samples, {source})")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

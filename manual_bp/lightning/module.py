@@ -1,0 +1,292 @@
+"""The LightningModule: trains any network of manual layers with a manual loss.
+
+The network is a plain ``nn.Module`` (by default the seed's :class:`manual_bp.MLP`; any model
+passed through :func:`manual_bp.convert` works too) handed to a short LightningModule, which adds
+the loss, the optimizer and the metrics. Batches are ``(x, y)`` as the DataModules of
+:mod:`manual_bp.lightning.data` yield them.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanSquaredError, Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+import manual_bp
+from manual_bp.mlp import MLP
+
+__all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin"]
+
+LOSSES = ("cross_entropy", "half_squared_error")
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adagrad": torch.optim.Adagrad,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+
+
+class ManualBPModule(pl.LightningModule):
+    """Train a network built from manual layers with a manual loss.
+
+    Args:
+        net: the network (an :class:`manual_bp.MLP`, a converted model, any ``nn.Module``); by
+            default ``MLP(sizes, activation, output_activation)``.
+        sizes: layer widths of the default MLP, input first (ignored when ``net`` is given).
+        activation: hidden activation of the default MLP (a name ``MLP`` knows).
+        output_activation: output activation of the default MLP; ``None`` repeats ``activation``
+            at every layer, as the seed does.
+        loss: ``"half_squared_error"`` (the seed's ``c = ½‖y − t‖²`` per sample, averaged over the
+            batch; one-hot targets for classification) or ``"cross_entropy"`` (logits; use
+            ``output_activation="identity"``).
+        optimizer: ``"sgd"`` (plain SGD, the seed's ``Δw = −α ∂c/∂w`` when ``momentum=0``),
+            ``"adam"``, ``"adamw"``, ``"rmsprop"`` or ``"adagrad"``. LightningCLI's ``--optimizer``
+            replaces this choice entirely.
+        lr: learning rate α.
+        momentum: momentum of SGD / RMSprop (0: plain SGD).
+        weight_decay: L2 penalty of the optimizer.
+        task: ``"classification"`` or ``"regression"``; ``None`` takes the DataModule's ``task``.
+        num_classes: the number of classes; ``None`` takes the DataModule's.
+
+    The loss is a per-sample *mean*, so under DDP the averaged gradient of ``k`` processes with
+    batch ``B / k`` equals the gradient one process computes on the whole batch ``B``.
+
+    Metrics (torchmetrics, one object per stage): multiclass accuracy (micro-averaged: the share
+    of samples whose largest output is the label) for classification, mean squared error for
+    regression. Logged: ``train/loss``, ``val/loss``, ``test/loss`` and ``{stage}/acc`` or
+    ``{stage}/mse``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        sizes: list[int] = [64, 64, 10],  # noqa: B006 (read only; a list for the CLI)
+        activation: str = "sigmoid",
+        output_activation: str | None = None,
+        loss: Literal["half_squared_error", "cross_entropy"] = "half_squared_error",
+        optimizer: str = "sgd",
+        lr: float = 4.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        task: Literal["classification", "regression"] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if not lr > 0 or lr != lr or lr == float("inf"):
+            raise ValueError(f"lr must be a positive finite number, got {lr}")
+        if task not in (None, "classification", "regression"):
+            raise ValueError(f"task must be 'classification', 'regression' or None, got {task!r}")
+        if task == "regression" and loss == "cross_entropy":
+            raise ValueError("loss='cross_entropy' needs task='classification', got task='regression'")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net if net is not None else MLP(sizes, activation, output_activation)
+        self.loss_fn: nn.Module = (
+            manual_bp.HalfSquaredError(reduction="mean")
+            if loss == "half_squared_error"
+            else manual_bp.CrossEntropyLoss(reduction="mean")
+        )
+        self.task = task
+        self.num_classes = num_classes
+        self.metric_name = "acc"
+        self.train_metric: Metric | None = None
+        self.val_metric: Metric | None = None
+        self.test_metric: Metric | None = None
+        if task is not None:
+            self._make_metrics(task, num_classes)
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Take ``task`` / ``num_classes`` from the DataModule and check that the network fits it."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None  # set up already
+        task = self.task or getattr(datamodule, "task", None)
+        num_classes = self.num_classes or getattr(datamodule, "num_classes", None)
+        if task is None:
+            raise ValueError(
+                "ManualBPModule needs task='classification' or 'regression' (none given and the "
+                "DataModule has no `task` attribute)"
+            )
+        if datamodule is not None and getattr(datamodule, "task", task) != task:
+            raise ValueError(f"the model is set up for {task} but the data is for {datamodule.task}")
+        if task == "regression" and self.hparams.loss == "cross_entropy":
+            raise ValueError("loss='cross_entropy' needs classification data, got a regression DataModule")
+        self.task = task
+        if datamodule is not None and getattr(datamodule, "num_features", None) is not None:
+            self.check_network_fits(datamodule.num_features, datamodule.num_outputs, task)
+        if task == "classification" and num_classes is None:
+            num_classes = self._output_size()
+        if self.train_metric is None or self.num_classes != num_classes:
+            self._make_metrics(task, num_classes)
+        self.num_classes = num_classes
+
+    def _make_metrics(self, task: str, num_classes: int | None) -> None:
+        if task == "classification":
+            if num_classes is None:
+                return  # known in setup()
+            self.metric_name = "acc"
+            make: Any = lambda: MulticlassAccuracy(num_classes=num_classes, average="micro")  # noqa: E731
+        else:
+            self.metric_name = "mse"
+            make = MeanSquaredError
+        self.train_metric, self.val_metric, self.test_metric = make(), make(), make()
+
+    def _probe(self, num_features: int) -> Tensor:
+        """The network's output for a zero batch of two samples of ``num_features`` features."""
+        param = next(self.net.parameters(), None)
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                return self.net(torch.zeros(2, num_features, dtype=dtype, device=device))
+        finally:
+            self.net.train(was_training)
+
+    def _output_size(self) -> int:
+        first = _first_linear(self.net)
+        if first is None:
+            raise ValueError("cannot tell the network's number of outputs; pass num_classes")
+        return int(self._probe(first.in_features).shape[-1])
+
+    def check_network_fits(self, num_features: int, num_outputs: int | None, task: str) -> None:
+        """Raise a ``ValueError`` unless the network takes ``num_features`` inputs and gives
+        ``num_outputs`` outputs (classes for classification, targets for regression)."""
+        first = _first_linear(self.net)
+        if first is not None and first.in_features != num_features and _takes_input_first(self.net, first):
+            raise ValueError(
+                f"the network expects {first.in_features} input features (its first layer is "
+                f"{first.in_features} -> {first.out_features}) but the data has {num_features}; "
+                f"set the first entry of --model.sizes to {num_features}"
+            )
+        try:
+            out = self._probe(num_features)
+        except Exception as error:  # noqa: BLE001 (re-raised with the data's side of the story)
+            raise ValueError(
+                f"the network does not accept the data's {num_features} input features: {error}"
+            ) from error
+        what = "classes" if task == "classification" else "target columns"
+        if num_outputs is not None and out.shape[-1] != num_outputs:
+            raise ValueError(
+                f"the network gives {out.shape[-1]} outputs but the data has {num_outputs} {what}; "
+                f"set the last entry of --model.sizes to {num_outputs}"
+            )
+
+    # -- loss ----------------------------------------------------------------------------------------
+    def targets(self, y: Tensor, output: Tensor) -> Tensor:
+        """What the loss compares the output with: one-hot labels for the half squared error on
+        classification, labels for the cross-entropy, ``y`` itself for regression."""
+        if self.task == "classification" and self.hparams.loss == "half_squared_error":
+            return F.one_hot(y, output.shape[-1]).to(output.dtype)  # (N,) -> (N, C)
+        if self.task == "regression":
+            return y.to(output.dtype)
+        return y
+
+    def compute_loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """The manual loss of a batch (mean over samples)."""
+        return self.loss_fn(output, self.targets(y, output))
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str, metric: Metric | None) -> Tensor:
+        x, y = batch
+        output = self.net(x)  # (N, D_out)
+        loss = self.compute_loss(output, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)  # fmt: skip
+        if metric is not None:
+            metric(output.detach().float(), y if self.task == "classification" else y.float())
+            self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_metric)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val", self.val_metric)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test", self.test_metric)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.net(batch[0])
+
+    # -- optimizer -----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        name = self.hparams.optimizer.lower()
+        kwargs: dict[str, Any] = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay}
+        if name in ("sgd", "rmsprop"):
+            kwargs["momentum"] = self.hparams.momentum
+        elif self.hparams.momentum:
+            raise ValueError(f"momentum applies to 'sgd' and 'rmsprop', not {name!r}")
+        return OPTIMIZERS[name](self.parameters(), **kwargs)
+
+
+def _first_linear(model: nn.Module) -> nn.Linear | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+
+
+def _takes_input_first(model: nn.Module, first: nn.Linear) -> bool:
+    """Whether ``first`` surely sees the raw input: an MLP, or a Sequential that starts with it."""
+    if isinstance(model, MLP):
+        return True
+    return isinstance(model, nn.Sequential) and len(model) > 0 and model[0] is first
+
+
+class _NativeMLP(nn.Module):
+    """``torch.nn`` twin of an :class:`MLP`: the same parameter names, native layers and autograd."""
+
+    def __init__(self, mlp: MLP) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for layer in mlp.layers:
+            native = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            native.weight, native.bias = layer.weight, layer.bias  # shared: the caller deep-copies
+            self.layers.append(native)
+        self.acts = [act.native() for act in mlp.activations]
+
+    def forward(self, input: Tensor) -> Tensor:
+        y = input
+        for layer, act in zip(self.layers, self.acts, strict=True):
+            y = act(layer(y))
+        return y
+
+
+def native_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` computed by native ``torch.nn`` layers and autograd only.
+
+    Every :class:`MLP` becomes a native ``Linear``/activation stack and every other manual layer
+    its ``torch.nn`` class (:func:`manual_bp.revert`). Parameter names stay the same.
+    """
+    twin = copy.deepcopy(model)
+    if isinstance(twin, MLP):
+        return _NativeMLP(twin)
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, MLP) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = twin.get_submodule(parent_name) if parent_name else twin
+            setattr(parent, child, _NativeMLP(module))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nothing to revert.*")
+        return manual_bp.revert(twin, inplace=True)
+
+
+def native_loss(name: str, output: Tensor, target: Tensor) -> Tensor:
+    """The native-autograd twin of the manual loss ``name`` (mean over samples)."""
+    if name == "half_squared_error":
+        return 0.5 * (output - target).pow(2).sum(-1).mean()
+    return F.cross_entropy(output, target)
