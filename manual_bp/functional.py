@@ -30,6 +30,7 @@ from torch import Tensor
 from manual_bp._function import (
     ManualFunction,
     autocast_dtype,
+    autocast_enabled,
     check_floating,
     check_reduction,
     check_same,
@@ -114,6 +115,45 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Under ``torch.autocast`` the inputs are cast like the native ``linear`` (float64 untouched)
     and gradients flow back in each parameter's own dtype.
     """
+    if not autocast_enabled() and _linear_args_ok(input, weight, bias):
+        return LinearFunction.apply(input, weight, bias)  # the common case, checked cheaply
+    _check_linear(input, weight, bias)
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, weight, bias = (_autocast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+    check_same("input", input, "weight", weight)
+    if bias is not None:
+        check_same("bias", bias, "weight", weight)
+    return LinearFunction.apply(input, weight, bias)
+
+
+def _linear_args_ok(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """One cheap test that the arguments need no cast and would pass every check of ``_check_linear``."""
+    try:
+        return _linear_args_match(input, weight, bias)
+    except AttributeError:  # not tensors: let _check_linear say so
+        return False
+
+
+def _linear_args_match(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return (
+        input.is_floating_point()
+        and input.dtype == weight.dtype
+        and input.device == weight.device
+        and input.ndim > 0
+        and weight.ndim == 2
+        and input.shape[-1] == weight.shape[1]
+        and (
+            bias is None
+            or (
+                bias.dtype == weight.dtype and bias.device == weight.device and bias.shape == weight.shape[:1]
+            )
+        )
+    )
+
+
+def _check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """Raise a clear error for arguments ``linear`` cannot take (dtype and device checked after casts)."""
     check_floating("input", input)
     check_floating("weight", weight)
     if weight.dim() != 2:
@@ -127,13 +167,6 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         check_floating("bias", bias)
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got shape {tuple(bias.shape)}")
-    cast = autocast_dtype(input)
-    if cast is not None:
-        input, weight, bias = (_autocast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
-    check_same("input", input, "weight", weight)
-    if bias is not None:
-        check_same("bias", bias, "weight", weight)
-    return LinearFunction.apply(input, weight, bias)
 
 
 def _to_float32(tensor: Tensor) -> Tensor:
