@@ -420,7 +420,7 @@ class FileDataModule(ArrayDataModule):
             data = torch.load(path, weights_only=True)
             if not isinstance(data, dict) or not all(isinstance(data.get(k), Tensor) for k in ("x", "y")):
                 found = sorted(data) if isinstance(data, dict) else type(data).__name__
-                raise KeyError(f"{self._source()}: expected a dict with tensors 'x' and 'y', found {found}")
+                raise ValueError(f"{self._source()}: expected a dict with tensors 'x' and 'y', found {found}")
             x, y = data["x"], data["y"]
         else:
             raise ValueError(f"{self._source()}: unknown file type {suffix!r}; expected .csv, .npz or .pt")
