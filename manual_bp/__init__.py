@@ -17,8 +17,8 @@ A batch is ``(N, D)`` (layers accept any ``(*, D)``), ``W`` is ``(D_out, D_in)``
 ``torch.nn.Linear``, ``x`` is a pre-activation, ``y = f(x)`` an activation and ``δ = ∂c/∂x``.
 """
 
-from manual_bp import engine, functional
-from manual_bp.convert import convert, revert
+from manual_bp import check, engine, functional
+from manual_bp.convert import conversion_report, convert, revert
 from manual_bp.mlp import MLP
 from manual_bp.modules import (
     ELU,
@@ -52,6 +52,8 @@ __all__ = [
     "Softplus",
     "Tanh",
     "__version__",
+    "check",
+    "conversion_report",
     "convert",
     "engine",
     "functional",

@@ -257,7 +257,8 @@ class LeakyReLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors  # y if s ≥ 0 else x; either way [saved > 0] = [x > 0]
-        return grad_output * torch.where(saved > 0, 1.0, ctx.negative_slope).to(grad_output.dtype), None
+        # ⊙ f′(x): 1 where x > 0, the slope elsewhere (a Python float keeps float64 exact)
+        return torch.where(saved > 0, grad_output, grad_output * ctx.negative_slope), None
 
 
 class ELUFunction(ManualFunction):
