@@ -31,6 +31,7 @@ __all__ = ["ACTIVATIONS", "FRESH", "GRAPH", "OWNED", "Activation", "get_activati
 
 GRAPH, FRESH, OWNED = 0, 1, 2  # modes of Activation.backward (see there)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -292,8 +293,8 @@ class GELU(Activation):
             df = MF.gelu_derivative(saved, self.approximate)
             return g * df if mode == GRAPH else df.mul_(g)
         # The same f′ = Φ(x) + x φ(x) as gelu_derivative, in fewer passes over temporaries.
-        df = torch.special.ndtr(saved)  # Φ(x)
-        pdf = torch.square(saved).mul_(-0.5).exp_()  # √(2π) φ(x)
+        df = torch.mul(saved, _INV_SQRT_2).erf_().add_(1).mul_(0.5)  # Φ(x) = ½ (1 + erf(x/√2))
+        pdf = torch.square(saved).mul_(-0.5).exp_()  # √(2π) φ(x) = exp(−x²/2)
         return df.addcmul_(pdf, saved, value=_INV_SQRT_2PI).mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
