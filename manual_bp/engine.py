@@ -30,6 +30,7 @@ Every process of the group must call :func:`sgd_step` together (it is a collecti
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from manual_bp._activations import OWNED, Activation
-from manual_bp._function import check_floating, check_same
+from manual_bp._function import autocast_dtype, check_floating, check_same
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "Trace", "deltas", "sgd_step"]
@@ -107,6 +108,13 @@ def _check(mlp: Any, x: Any, target: Any, loss: str, reduction: str) -> tuple[Te
         )
     check_same("target", target, "x", x)
     return x.reshape(-1, d_in), target.reshape(-1, d_out)
+
+
+def _no_autocast(x: Tensor) -> Any:
+    """The engine computes in the parameters' dtype: autocast, if on, is switched off inside it."""
+    if autocast_dtype(x) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _check_lr(lr: Any) -> float:
@@ -176,7 +184,8 @@ def sgd_step(
 
     Args:
         mlp: a :class:`manual_bp.MLP` (fused or not: the engine only reads its parameters).
-        x: ``(*, D_0)`` inputs of the MLP's dtype and device.
+        x: ``(*, D_0)`` inputs of the MLP's dtype and device. The engine computes in that dtype;
+            ``torch.autocast``, if enabled, is switched off inside it.
         target: ``(*, D_N)`` for ``'half_squared_error'``; for ``'cross_entropy'`` int64 class
             indices ``(*)`` or class probabilities ``(*, D_N)``.
         lr: the learning rate ``α > 0``.
@@ -197,7 +206,7 @@ def sgd_step(
     y0, target = _check(mlp, x, target, loss, reduction)
     lr = _check_lr(lr)
     distributed = dist.is_available() and dist.is_initialized()
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(y0):
         ys, xs = _forward(mlp, y0, keep_x=False)  # FF
         count = y0.shape[0]
         scale = 1.0 if distributed or reduction == "sum" else 1.0 / count if count else math.nan
@@ -268,7 +277,7 @@ def deltas(
     [(8, 2), (8, 4), (8, 4), (8, 1)]
     """
     y0, target = _check(mlp, x, target, loss, reduction)
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(y0):
         ys, xs_opt = _forward(mlp, y0, keep_x=True)
         xs: list[Tensor] = [y0, *xs_opt[1:]]  # type: ignore[list-item]
         count = y0.shape[0]

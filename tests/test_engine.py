@@ -201,6 +201,20 @@ def test_no_autograd_involved() -> None:
     assert all(p.requires_grad for p in net.parameters())
 
 
+def test_autocast_is_switched_off_inside() -> None:
+    torch.manual_seed(7)
+    net = manual_bp.MLP([3, 4, 2], "gelu")
+    other = copy.deepcopy(net)
+    x, t = torch.randn(5, 3), torch.rand(5, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = engine.sgd_step(net, x, t, 0.1)
+        trace = engine.deltas(net, x, t)
+    assert got.dtype == torch.float32 and all(y.dtype == torch.float32 for y in trace.ys)
+    assert_close(got, engine.sgd_step(other, x, t, 0.1), rtol=0, atol=0)
+    for a, b in zip(net.parameters(), other.parameters(), strict=True):
+        assert_close(a, b, rtol=0, atol=0)
+
+
 def test_unfused_mlp_trains_the_same() -> None:
     torch.manual_seed(6)
     net = manual_bp.MLP([3, 4, 2], "elu", dtype=F64)
