@@ -109,6 +109,23 @@ def test_output_activation_and_no_bias(
     assert_same_weights(net, twin)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "gelu", "identity"])
+def test_single_layer_network(activation: str) -> None:
+    torch.manual_seed(8)
+    net = manual_bp.MLP([4, 3], activation, dtype=F64)
+    twin = native_twin(net)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.4)
+    x, target = torch.randn(6, 4, dtype=F64), torch.rand(6, 3, dtype=F64)
+    for _ in range(3):
+        got = engine.sgd_step(net, x, target, 0.4)
+        optimizer.zero_grad()
+        want = native_loss(twin(x), target, "half_squared_error", "mean")
+        want.backward()
+        optimizer.step()
+        assert_close(got, want.detach(), **TIGHT)
+    assert_same_weights(net, twin)
+
+
 def test_deltas_are_the_gradients_of_every_pre_activation() -> None:
     torch.manual_seed(2)
     net = manual_bp.MLP([4, 6, 5, 3], "softplus", dtype=F64)

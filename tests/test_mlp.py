@@ -301,6 +301,19 @@ def test_gradcheck_and_gradgradcheck(activation: str, output_activation: str | N
         assert gradcheck(fn, (x, *params))
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "silu", "identity"])
+def test_single_layer(activation: str) -> None:
+    torch.manual_seed(11)
+    net = manual_bp.MLP([3, 2], activation, dtype=F64)
+    x = make_tensor((4, 3), dtype=F64, device="cpu", low=-2, high=2, requires_grad=True)
+    params = list(net.parameters())
+    assert gradcheck(lambda x, *p: net(x), (x, *params))
+    assert gradgradcheck(lambda x, *p: net(x), (x, *params))
+    grad_out = make_tensor((4, 2), dtype=F64, device="cpu")
+    for got, want in zip(grads_of(net, x, grad_out), grads_of(native_twin(net), x, grad_out), strict=True):
+        assert_close(got, want)
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "gelu", "relu"])
 def test_gradgradcheck_through_module_without_bias(activation: str) -> None:
     torch.manual_seed(6)
