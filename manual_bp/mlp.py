@@ -45,7 +45,7 @@ class _Net:
     of what layer ``n`` saves (0 for ``y_N``, the network output itself).
     """
 
-    __slots__ = ("acts", "depth", "extra", "has_bias", "plan", "step")
+    __slots__ = ("acts", "depth", "extra", "has_bias", "plan", "pos", "step")
 
     def __init__(self, acts: tuple[Activation, ...], has_bias: bool) -> None:
         self.acts, self.has_bias, self.depth = acts, has_bias, len(acts)
@@ -64,6 +64,11 @@ class _Net:
             else:
                 extra.append(-1)
         self.extra = tuple(extra)
+        # where each layer's kept tensor sits in ctx.saved_tensors = (input, W_0.., outputs[1:], [y_N])
+        n_out = k - 1
+        self.pos = tuple(
+            -1 if e < 0 else (1 + self.depth + n_out if e == 0 else self.depth + e) for e in extra
+        )
 
     def __repr__(self) -> str:
         return f"_Net(acts={[str(a) for a in self.acts]}, has_bias={self.has_bias})"
@@ -117,27 +122,22 @@ class MLPFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
         net: _Net = ctx.net
-        depth, step, plan, acts, extra = net.depth, net.step, net.plan, net.acts, net.extra
-        input, *rest = ctx.saved_tensors
-        weights, kept = rest[:depth], rest[depth:]
-        kept = [*kept[-1:], *kept[:-1]] if plan[-1] == _Y else [None, *kept]  # kept[k]: output k
+        depth, step, plan, acts, extra, pos = net.depth, net.step, net.plan, net.acts, net.extra, net.pos
+        saved = ctx.saved_tensors  # (input, W_0, …, W_{N−1}, outputs[1:], [y_N])
         needs = ctx.needs_input_grad
         grads: list[Tensor | None] = [None] * (step * depth)
         grad_input = None
         # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
         fast = not torch.is_grad_enabled()
-
         # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
-        lowest = (
-            0
-            if needs[0]
-            else next((n for n in range(depth) if any(needs[2 + step * n : 2 + step * (n + 1)])), depth)
-        )
+        lowest = 0
+        if not needs[0]:
+            while lowest < depth and not any(needs[2 + step * lowest : 2 + step * (lowest + 1)]):
+                lowest += 1
         g = grads_out[0]  # ∂c/∂y_N, then ∂c/∂y_n going down
         owned = False
         for n in range(depth - 1, lowest - 1, -1):
-            act, k = acts[n], extra[n]
-            s = kept[k] if k >= 0 else None
+            k = extra[n]
             g_extra = grads_out[k] if k > 0 else None  # y_{n+1} or x_{n+1} is an output too
             if g_extra is not None and plan[n] == _Y:  # add its grad to ∂c/∂y_{n+1}
                 if g is None:
@@ -146,30 +146,30 @@ class MLPFunction(ManualFunction):
                     g, owned = (g.add_(g_extra) if owned and fast else g + g_extra), True
             if g is None:  # nothing flows into this layer from above
                 delta = None
-            elif s is None:  # identity output: δ_N = g
+            elif k < 0:  # identity output: δ_N = g
                 delta = g
             else:  # BP1 (n = N−1) / BP2: δ_{n+1} = g ⊙ f′(x_{n+1})
-                delta = act.backward(g, s, GRAPH if not fast else OWNED if owned else FRESH)
+                delta = acts[n].backward(g, saved[pos[n]], (OWNED if owned else FRESH) if fast else GRAPH)
             if g_extra is not None and plan[n] == _X:
                 delta = g_extra if delta is None else delta + g_extra
             if delta is None:
                 g, owned = None, False
                 continue
             if n == 0:
-                y_prev = input
+                y_prev = saved[0]
             elif plan[n - 1] == _Y:
-                y_prev = kept[extra[n - 1]]
+                y_prev = saved[pos[n - 1]]
             else:
-                y_prev = acts[n - 1].forward(kept[extra[n - 1]])  # recompute y_n = f(x_n)
+                y_prev = acts[n - 1].forward(saved[pos[n - 1]])  # recompute y_n = f(x_n)
             i = step * n
             if needs[2 + i]:
                 grads[i] = delta.t().mm(y_prev)  # BP3: ∂c/∂W_n = δᵀ y_n; (D_{n+1}, M) @ (M, D_n)
             if step == 2 and needs[3 + i]:
                 grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
             if n > lowest:
-                g, owned = delta.mm(weights[n]), True  # BP2, linear half: δ_{n+1} W_n; (M, D_n)
+                g, owned = delta.mm(saved[1 + n]), True  # BP2, linear half: δ_{n+1} W_n; (M, D_n)
             elif n == 0 and needs[0]:
-                grad_input = delta.mm(weights[0])  # ∂c/∂y_0 = δ_1 W_0
+                grad_input = delta.mm(saved[1])  # ∂c/∂y_0 = δ_1 W_0
         return (grad_input, None, *grads)
 
 
