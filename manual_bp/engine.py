@@ -233,7 +233,9 @@ def sgd_step(
 
         # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
         params = mlp.parameters_flat()
-        flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=y0.dtype, device=y0.device)
+        # float32 at least: a float16 buffer would round the sample count above 2048
+        buf_dtype = torch.promote_types(y0.dtype, torch.float32)
+        flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=buf_dtype, device=y0.device)
         views, offset = [], 0
         for p in params:
             views.append(flat[offset : offset + p.numel()].view_as(p))
@@ -243,9 +245,14 @@ def sgd_step(
         step = 2 if layers[0].bias is not None else 1
         for n in range(depth - 1, -1, -1):
             weight = layers[n].weight
-            torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
-            if step == 2:
-                torch.sum(delta, 0, out=views[step * n + 1])
+            if buf_dtype == y0.dtype:
+                torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
+                if step == 2:
+                    torch.sum(delta, 0, out=views[step * n + 1])
+            else:
+                views[step * n].copy_(delta.t().mm(ys[n]))
+                if step == 2:
+                    views[step * n + 1].copy_(delta.sum(0))
             if n > 0:  # BP2
                 delta = acts[n - 1].backward(
                     delta.mm(weight), _activation_input(acts[n - 1], xs[n], ys[n]), OWNED
@@ -254,8 +261,9 @@ def sgd_step(
         global_total, global_count = flat[-2], flat[-1]
         factor = lr / global_count if reduction == "mean" else lr
         for p, grad in zip(params, views, strict=True):
-            p.sub_(grad * factor)  # UPD: Δw = −α ∂C/∂w
-        return global_total / global_count if reduction == "mean" else global_total.clone()
+            p.sub_((grad * factor).to(p.dtype))  # UPD: Δw = −α ∂C/∂w
+        loss_value = global_total / global_count if reduction == "mean" else global_total.clone()
+        return loss_value.to(y0.dtype)
 
 
 def deltas(

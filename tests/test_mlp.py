@@ -239,16 +239,20 @@ def test_grad_fn_is_the_fused_function() -> None:
     assert net(x).grad_fn.name() == "LinearFunctionBackward"
 
 
-def test_skips_gradients_nobody_needs() -> None:
+@pytest.mark.parametrize("frozen", [0, 1], ids=["first-frozen", "middle-frozen"])
+def test_skips_gradients_nobody_needs(frozen: int) -> None:
     torch.manual_seed(4)
     net = manual_bp.MLP([3, 5, 4, 2], "tanh", dtype=F64)
     twin = native_twin(net)
-    net.layers[0].requires_grad_(False)
-    twin[0].requires_grad_(False)
+    net.layers[frozen].requires_grad_(False)
+    twin[2 * frozen].requires_grad_(False)
     x = make_tensor((6, 3), dtype=F64, device="cpu")  # no requires_grad: no input gradient
     net(x).square().sum().backward()
     twin(x).square().sum().backward()
-    assert net.layers[0].weight.grad is None and net.layers[0].bias.grad is None
+    assert net.layers[frozen].weight.grad is None and net.layers[frozen].bias.grad is None
+    assert all(
+        p.grad is not None for i, layer in enumerate(net.layers) if i != frozen for p in layer.parameters()
+    )
     for mine, theirs in zip(net.parameters(), twin.parameters(), strict=True):
         if theirs.grad is not None:
             assert_close(mine.grad, theirs.grad)
