@@ -215,9 +215,11 @@ class GradientFlow(pl.Callback):
     # -- plots ---------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
-        if not self.plot or not trainer.is_global_zero or trainer.fast_dev_run:
+        if not self.plot or trainer.fast_dev_run:
             return
-        directory = trainer.log_dir or trainer.default_root_dir
+        directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank
+        if not trainer.is_global_zero:
+            return
         os.makedirs(directory, exist_ok=True)
         self.files = plot_history(self.steps, self.norms, self.epochs, directory)
         rank_zero_info("plots: " + ", ".join(self.files))

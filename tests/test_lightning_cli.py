@@ -1,0 +1,152 @@
+"""``manual-bp train``: configs, --print_config, fit + test, resume with --ckpt_path last, errors, DDP.
+
+Most runs are in-process (``manual_bp.lightning.cli.main(argv)``) and tiny (a few batches); the DDP
+run is a subprocess of ``python -m manual_bp train``, since DDP re-launches its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from manual_bp.lightning.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+
+TINY = [
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--trainer.limit_train_batches", "4",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2",
+    "--trainer.log_every_n_steps", "1",
+]  # fmt: skip
+
+
+def test_print_config_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "seed_everything: 0",
+        "max_epochs: 80",
+        "activation: sigmoid",
+        "loss: half_squared_error",
+        "optimizer: sgd",
+        "lr: 4.0",
+        "class_path: manual_bp.lightning.DigitsDataModule",
+        "save_last: true",
+        "monitor: val/loss",
+        "tolerance: 1.0e-06",
+    ):
+        assert expected in out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_example_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "model:" in capsys.readouterr().out
+
+
+def _last_weights(root: Path) -> dict[str, torch.Tensor]:
+    (last,) = root.glob("lightning_logs/version_*/checkpoints/last.ckpt")
+    return torch.load(last, weights_only=True)["state_dict"]
+
+
+def test_fit_test_plots_and_resume_with_ckpt_path_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    main([*TINY, "--trainer.default_root_dir", str(straight), "--trainer.max_epochs", "3"])
+    out = capsys.readouterr().out
+    assert out.count("test accuracy: ") == 1 and "(360 held-out samples, checkpoint " in out
+    run = straight / "lightning_logs" / "version_0"
+    assert (run / "curves.png").stat().st_size > 10_000 and (
+        run / "gradient_flow.png"
+    ).stat().st_size > 10_000
+    assert (run / "config.yaml").is_file()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {
+        "grad_check/max_rel_error",
+        "grad_norm/layers.0",
+        "train/loss_step",
+        "val/acc",
+        "test/acc",
+    } <= set(header)
+
+    main([*TINY, "--trainer.default_root_dir", str(stopped), "--trainer.max_epochs", "2"])
+    main(
+        [
+            *TINY,
+            "--trainer.default_root_dir",
+            str(stopped),
+            "--trainer.max_epochs",
+            "3",
+            "--ckpt_path",
+            "last",
+            "--seed_everything",
+            "7",
+        ]
+    )  # fmt: skip (another init seed: the weights must come from the checkpoint)
+    assert (stopped / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+    resumed = torch.load(stopped / "lightning_logs/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 12
+    expected = _last_weights(straight)
+    for key, value in resumed["state_dict"].items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
+def test_yaml_config_with_a_regression_datamodule_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["--config", str(ROOT / "configs" / "teacher_regression.yaml"), *TINY, "--trainer.max_epochs", "1",
+          "--trainer.default_root_dir", str(tmp_path), "--data.init_args.num_samples", "200"])  # fmt: skip
+    assert "test mse: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (
+            ["--data", "FileDataModule", "--data.path", "nowhere.csv"],
+            FileNotFoundError,
+            r"data file not found",
+        ),
+        (["--model.sizes", "[10, 16, 10]"], ValueError, r"expects 10 input features .* data has 64"),
+        (["--model.sizes", "[64, 16, 4]"], ValueError, r"gives 4 outputs but the data has 10 classes"),
+    ],
+    ids=["missing-file", "input-size", "output-size"],
+)
+def test_bad_data_or_network_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], error: type, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the missing file is relative
+    with pytest.raises(error, match=message):
+        main([*TINY, "--trainer.default_root_dir", str(tmp_path), *args])
+    assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+def test_ddp_on_two_cpu_processes_through_the_command_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "manual_bp", "train", *TINY, "--trainer.max_epochs", "1",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "distributed_backend=gloo" in done.stderr and "Starting with 2 processes" in done.stderr
+    assert done.stdout.count("test accuracy: ") == 1  # printed by rank 0 only
+    assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt"))
+    assert (tmp_path / "lightning_logs" / "version_0" / "gradient_flow.png").is_file()
