@@ -21,7 +21,7 @@ positional.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,12 @@ from manual_bp._function import (
     check_same,
 )
 
+if TYPE_CHECKING:  # at run time these two load lazily, see __getattr__ at the end
+    from manual_bp.mlp import MLPFunction, mlp
+
 __all__ = [
     "CrossEntropyFunction",
+    "MLPFunction",
     "ELUFunction",
     "GELUFunction",
     "HalfSquaredErrorFunction",
@@ -54,6 +58,7 @@ __all__ = [
     "half_squared_error",
     "leaky_relu",
     "linear",
+    "mlp",
     "relu",
     "sigmoid",
     "silu",
@@ -639,3 +644,13 @@ def cross_entropy(
                 "(as in torch); detach the weight or pass class probabilities"
             )
     return CrossEntropyFunction.apply(input, target, weight, int(ignore_index), reduction)
+
+
+def __getattr__(name: str) -> Any:
+    """``mlp`` and ``MLPFunction`` (the fused network) live in :mod:`manual_bp.mlp`, which imports
+    this module; they are loaded on first access."""
+    if name in ("mlp", "MLPFunction"):
+        from manual_bp import mlp as _mlp_module
+
+        return getattr(_mlp_module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
