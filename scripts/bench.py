@@ -431,9 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsaved-activation memory relative to native (batch 256, width 256):")
     for m in memory_extra:
         ratio = m["memory_ratio"]
-        print(
-            f"  {m['activation']:>8} depth {m['depth']}: manual {ratio['manual']:.2f}, fused {ratio['fused']:.2f}"
-        )
+        name = f"{m['activation']} depth {m['depth']}"
+        print(f"  {name:>16}: manual {ratio['manual']:.2f}, fused {ratio['fused']:.2f}")
 
     digits = [] if args.device != "cpu" else digits_epoch(args, 3 if args.quick else 7)
     if digits:
