@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-REPEATS = 1
+REPEATS = 3
 COMMAND = [sys.executable, "-m", "manual_bp.lightning.cli", "--trainer.enable_progress_bar", "false"]
 
 

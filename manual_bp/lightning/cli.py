@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import os
 import sys
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -107,16 +108,19 @@ def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``manual-bp train`` with the arguments ``argv`` (default: ``sys.argv[1:]``)."""
-    cli = ManualBPCLI(
-        ManualBPModule,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        args=argv,
-        run=False,
-        seed_everything_default=DEFAULTS["seed_everything"],
-        trainer_defaults={"max_epochs": DEFAULTS["max_epochs"]},
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():
+        # `manual-bp train ARGS` passes ARGS while sys.argv still holds "train ARGS" (DDP re-runs it)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = ManualBPCLI(
+            ManualBPModule,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            args=argv,
+            run=False,
+            seed_everything_default=DEFAULTS["seed_everything"],
+            trainer_defaults={"max_epochs": DEFAULTS["max_epochs"]},
+            save_config_kwargs={"overwrite": True},
+        )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     checkpoint = _checkpoint_callback(trainer)
     ckpt_path = cli.config.get("ckpt_path")
