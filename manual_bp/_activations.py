@@ -3,9 +3,9 @@ r"""The activation registry shared by the fused network Function and the autogra
 Each :class:`Activation` knows its forward ``y = f(x)`` (out of place, and in place on a temporary
 the caller owns) and the factor of BP1/BP2, ``δ = g ⊙ f′(x)``, computed from what the network
 saves: the output ``y`` where ``f′`` is a function of ``y`` (``from_output``), the pre-activation
-``x`` otherwise. The derivatives are the ones of :mod:`manual_bp.functional` (``gelu_derivative``
-is imported from there); the out-of-place forms use differentiable ops only, so a backward written
-with them supports double backward.
+``x`` otherwise. The per-layer Functions of :mod:`manual_bp.functional`, the fused network and the
+engine all take ``⊙ f′`` from here; the out-of-place forms use differentiable ops only, so a
+backward written with them supports double backward.
 
 Names: ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu``, ``elu``, ``softplus``, ``gelu``,
 ``gelu_tanh``, ``silu``, ``identity``. :func:`get_activation` also accepts an instance of an
@@ -24,14 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manual_bp import functional as MF
-from manual_bp import modules as MM
-
 __all__ = ["ACTIVATIONS", "FRESH", "GRAPH", "OWNED", "Activation", "get_activation"]
 
 GRAPH, FRESH, OWNED = 0, 1, 2  # modes of Activation.backward (see there)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_K_TANH = math.sqrt(2.0 / math.pi)  # GELU tanh approximation: u = k (x + c x³)
+_C_TANH = 0.044715
+
+
+def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
+    """f′(x) of GELU, exact (Φ(x) + x φ(x)) or tanh-approximated, with differentiable ops."""
+    if approximate == "tanh":
+        t = torch.tanh(_K_TANH * (x + _C_TANH * x * x * x))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _K_TANH * (1 + 3 * _C_TANH * x * x)
+    cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))  # Φ(x)
+    pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI  # φ(x)
+    return cdf + x * pdf
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,13 @@ class Sigmoid(Activation):
         return d.addcmul_(d, saved, value=-1)  # g y − (g y) y = g y (1 − y)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.sigmoid(x)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.Sigmoid()
 
     def native(self) -> nn.Module:
@@ -127,9 +140,13 @@ class Tanh(Activation):
         return torch.addcmul(g, g * saved, saved, value=-1)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.tanh(x)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.Tanh()
 
     def native(self) -> nn.Module:
@@ -156,9 +173,13 @@ class ReLU(Activation):
         return g.masked_fill(saved <= 0, 0)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.relu(x)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.ReLU()
 
     def native(self) -> nn.Module:
@@ -190,9 +211,13 @@ class LeakyReLU(Activation):
         return torch.where(saved > 0, g, g * self.negative_slope)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.leaky_relu(x, self.negative_slope)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.LeakyReLU(self.negative_slope)
 
     def native(self) -> nn.Module:
@@ -230,9 +255,13 @@ class ELU(Activation):
         return g * df if mode == GRAPH else df.mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.elu(x, self.alpha)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.ELU(self.alpha)
 
     def native(self) -> nn.Module:
@@ -262,9 +291,13 @@ class Softplus(Activation):
         return df.mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.softplus(x, self.beta, self.threshold)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.Softplus(self.beta, self.threshold)
 
     def native(self) -> nn.Module:
@@ -276,7 +309,7 @@ class Softplus(Activation):
 
 @dataclass(frozen=True)
 class GELU(Activation):
-    r""":math:`x Φ(x)` or its tanh approximation; ``f′`` from :func:`manual_bp.functional.gelu_derivative`."""
+    r""":math:`x Φ(x)` or its tanh approximation; ``f′`` from :func:`gelu_derivative`."""
 
     approximate: str = "none"
     from_output = False
@@ -290,7 +323,7 @@ class GELU(Activation):
 
     def backward(self, g: Tensor, saved: Tensor, mode: int) -> Tensor:
         if mode == GRAPH or self.approximate != "none":
-            df = MF.gelu_derivative(saved, self.approximate)
+            df = gelu_derivative(saved, self.approximate)
             return g * df if mode == GRAPH else df.mul_(g)
         # The same f′ = Φ(x) + x φ(x) as gelu_derivative, in fewer passes over temporaries.
         df = torch.mul(saved, _INV_SQRT_2).erf_().add_(1).mul_(0.5)  # Φ(x) = ½ (1 + erf(x/√2))
@@ -298,9 +331,13 @@ class GELU(Activation):
         return df.addcmul_(pdf, saved, value=_INV_SQRT_2PI).mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.gelu(x, self.approximate)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.GELU(self.approximate)
 
     def native(self) -> nn.Module:
@@ -325,9 +362,13 @@ class SiLU(Activation):
         return df.mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
+        from manual_bp import functional as MF
+
         return MF.silu(x)
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.SiLU()
 
     def native(self) -> nn.Module:
@@ -353,6 +394,8 @@ class Identity(Activation):
         return x
 
     def manual(self) -> nn.Module:
+        from manual_bp import modules as MM
+
         return MM.Identity()
 
     def native(self) -> nn.Module:

@@ -20,13 +20,13 @@ positional.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from manual_bp import _activations as _act
 from manual_bp._function import (
     ManualFunction,
     autocast_dtype,
@@ -65,11 +65,6 @@ __all__ = [
     "softplus",
     "tanh",
 ]
-
-_SQRT_2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_K_TANH = math.sqrt(2.0 / math.pi)  # GELU tanh approximation: u = k (x + c x³)
-_C_TANH = 0.044715
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +200,7 @@ class SigmoidFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_output * y * (1 - y)  # ⊙ f′(x) = y (1 − y)
+        return _SIGMOID.backward(grad_output, y, _mode())  # ⊙ f′(x) = y (1 − y)
 
 
 class TanhFunction(ManualFunction):
@@ -222,7 +217,7 @@ class TanhFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_output * (1 - y * y)  # ⊙ f′(x) = 1 − y²
+        return _TANH.backward(grad_output, y, _mode())  # ⊙ f′(x) = 1 − y²
 
 
 class ReLUFunction(ManualFunction):
@@ -239,7 +234,7 @@ class ReLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return grad_output * (y > 0).to(grad_output.dtype)  # ⊙ f′(x) = [x > 0]
+        return _RELU.backward(grad_output, y, _mode())  # ⊙ f′(x) = [x > 0] = [y > 0]
 
 
 class LeakyReLUFunction(ManualFunction):
@@ -256,14 +251,13 @@ class LeakyReLUFunction(ManualFunction):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         input, negative_slope = inputs
-        ctx.save_for_backward(output if negative_slope >= 0 else input)
-        ctx.negative_slope = negative_slope
+        ctx.act = _act.LeakyReLU(negative_slope)
+        ctx.save_for_backward(output if ctx.act.from_output else input)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors  # y if s ≥ 0 else x; either way [saved > 0] = [x > 0]
-        # ⊙ f′(x): 1 where x > 0, the slope elsewhere (a Python float keeps float64 exact)
-        return torch.where(saved > 0, grad_output, grad_output * ctx.negative_slope), None
+        return ctx.act.backward(grad_output, saved, _mode()), None  # ⊙ f′(x) = 1 or s
 
 
 class ELUFunction(ManualFunction):
@@ -279,18 +273,13 @@ class ELUFunction(ManualFunction):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         input, alpha = inputs
-        ctx.from_output = alpha >= 0
-        ctx.save_for_backward(output if ctx.from_output else input)
-        ctx.alpha = alpha
+        ctx.act = _act.ELU(alpha)
+        ctx.save_for_backward(output if ctx.act.from_output else input)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors
-        if ctx.from_output:  # saved = y; y > 0 ⇔ x > 0 and α eˣ = y + α
-            df = torch.where(saved > 0, torch.ones_like(saved), saved + ctx.alpha)
-        else:  # saved = x
-            df = torch.where(saved > 0, torch.ones_like(saved), ctx.alpha * torch.exp(saved))
-        return grad_output * df, None
+        return ctx.act.backward(grad_output, saved, _mode()), None  # ⊙ f′(x) = 1 or y + α
 
 
 class SoftplusFunction(ManualFunction):
@@ -304,14 +293,12 @@ class SoftplusFunction(ManualFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         input, beta, threshold = inputs
         ctx.save_for_backward(input)
-        ctx.beta, ctx.threshold = beta, threshold
+        ctx.act = _act.Softplus(beta, threshold)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        bx = x * ctx.beta
-        df = torch.where(bx > ctx.threshold, torch.ones_like(x), torch.sigmoid(bx))  # f′ = σ(βx)
-        return grad_output * df, None, None
+        return ctx.act.backward(grad_output, x, _mode()), None, None  # ⊙ f′(x) = σ(βx)
 
 
 class GELUFunction(ManualFunction):
@@ -331,22 +318,12 @@ class GELUFunction(ManualFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         input, approximate = inputs
         ctx.save_for_backward(input)
-        ctx.approximate = approximate
+        ctx.act = _GELU[approximate]
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad_output * gelu_derivative(x, ctx.approximate), None
-
-
-def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
-    """f′(x) of GELU, exact or tanh-approximated (shared with the fused network and the engine)."""
-    if approximate == "tanh":
-        t = torch.tanh(_K_TANH * (x + _C_TANH * x * x * x))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _K_TANH * (1 + 3 * _C_TANH * x * x)
-    cdf = 0.5 * (1 + torch.erf(x / _SQRT_2))  # Φ(x)
-    pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI  # φ(x)
-    return cdf + x * pdf
+        return ctx.act.backward(grad_output, x, _mode()), None  # ⊙ f′(x) = Φ(x) + x φ(x)
 
 
 class SiLUFunction(ManualFunction):
@@ -363,8 +340,16 @@ class SiLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        return grad_output * (s * (1 + x * (1 - s)))  # ⊙ f′(x)
+        return _SILU.backward(grad_output, x, _mode())  # ⊙ f′(x) = σ(x) (1 + x (1 − σ(x)))
+
+
+_SIGMOID, _TANH, _RELU, _SILU = _act.Sigmoid(), _act.Tanh(), _act.ReLU(), _act.SiLU()
+_GELU = {"none": _act.GELU("none"), "tanh": _act.GELU("tanh")}
+
+
+def _mode() -> int:
+    """Differentiable ops while a graph is recorded (double backward), in-place ones otherwise."""
+    return _act.GRAPH if torch.is_grad_enabled() else _act.FRESH
 
 
 def _activation_input(input: Tensor) -> None:
