@@ -319,34 +319,17 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
     x = torch.from_numpy(x_np)
     labels = torch.from_numpy(y_np).long()
     targets = torch.from_numpy(onehot)
+    # the same network and plain SGD: no momentum, no L2 penalty, no shuffling, one pass
+    sgd = dict(hidden_layer_sizes=(hidden,), activation="logistic", solver="sgd", learning_rate_init=lr,
+               momentum=0.0, alpha=0.0, batch_size=batch, shuffle=False, max_iter=1)  # fmt: skip
     rows = []
     for task in ("classifier", "regressor"):
         if task == "classifier":
-            sk = MLPClassifier(
-                hidden_layer_sizes=(hidden,),
-                activation="logistic",
-                solver="sgd",
-                learning_rate_init=lr,
-                momentum=0.0,
-                alpha=0.0,
-                batch_size=batch,
-                shuffle=False,
-                max_iter=1,
-            )
+            sk = MLPClassifier(**sgd)
             fit = lambda sk=sk: sk.partial_fit(x_np, y_np, classes=np.arange(10))  # noqa: E731
             loss, t_all = "cross_entropy", labels
         else:
-            sk = MLPRegressor(
-                hidden_layer_sizes=(hidden,),
-                activation="logistic",
-                solver="sgd",
-                learning_rate_init=lr,
-                momentum=0.0,
-                alpha=0.0,
-                batch_size=batch,
-                shuffle=False,
-                max_iter=1,
-            )
+            sk = MLPRegressor(**sgd)
             fit = lambda sk=sk: sk.partial_fit(x_np, onehot)  # noqa: E731
             loss, t_all = "half_squared_error", targets
         mlp = manual_bp.MLP([64, hidden, 10], activation="sigmoid", output_activation="identity")
