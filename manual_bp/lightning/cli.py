@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             seed_everything_default=DEFAULTS["seed_everything"],
             trainer_defaults={"max_epochs": DEFAULTS["max_epochs"]},
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "manual-bp train", "description": __doc__.split("\n\n")[0]},
         )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     checkpoint = _checkpoint_callback(trainer)
