@@ -204,8 +204,8 @@ class GradientFlow(pl.Callback):
     # -- checkpoint state (plain Python types: loads with weights_only=True) -------------------------
     def state_dict(self) -> dict[str, Any]:
         self._flush()
-        return {"steps": list(self.steps), "norms": {k: list(v) for k, v in self.norms.items()},
-                "epochs": [dict(e) for e in self.epochs]}  # fmt: skip
+        norms = {name: list(values) for name, values in self.norms.items()}
+        return {"steps": list(self.steps), "norms": norms, "epochs": [dict(e) for e in self.epochs]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = list(state_dict["steps"])

@@ -9,6 +9,7 @@ the loss, the optimizer and the metrics. Batches are ``(x, y)`` as the DataModul
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any, Literal
 
@@ -84,7 +85,7 @@ class ManualBPModule(pl.LightningModule):
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
         if optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-        if not lr > 0 or lr != lr or lr == float("inf"):
+        if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr}")
         if task not in (None, "classification", "regression"):
             raise ValueError(f"task must be 'classification', 'regression' or None, got {task!r}")
@@ -205,9 +206,16 @@ class ManualBPModule(pl.LightningModule):
         x, y = batch
         output = self.net(x)  # (N, D_out)
         loss = self.compute_loss(output, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x),
-                 sync_dist=True)  # fmt: skip
+        on_step = stage == "train"  # training also logs per step (train/loss_step)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(x),
+            sync_dist=True,
+        )
         if metric is not None:
             metric(output.detach().float(), y if self.task == "classification" else y.float())
             self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
