@@ -211,10 +211,9 @@ class LeakyReLU(Activation):
         # f′ = 1 where x > 0, else the slope s ([y > 0] = [x > 0] when s ≥ 0): with the float
         # step m = max(sign(saved), 0), f′ = s + (1 − s) m (float ops only, as in ReLU)
         s = self.negative_slope
-        step = torch.sign(saved).clamp_(min=0)
         if mode == GRAPH:
-            return g * (step * (1 - s) + s)
-        return step.mul_(1 - s).add_(s).mul_(g)
+            return g * (torch.sign(saved).clamp(min=0) * (1 - s) + s)
+        return torch.sign(saved).clamp_(min=0).mul_(1 - s).add_(s).mul_(g)
 
     def functional(self, x: Tensor) -> Tensor:
         from manual_bp import functional as MF
