@@ -20,6 +20,7 @@ positional.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -440,9 +441,13 @@ class HalfSquaredErrorFunction(ManualFunction):
 
     @staticmethod
     def forward(input: Tensor, target: Tensor, reduction: str) -> Tensor:
-        diff = input - target
-        per_sample = 0.5 * (diff * diff).sum(-1)  # (*, D) -> (*)
-        return _reduce(per_sample, reduction, per_sample.numel())
+        diff = input - target  # y − t
+        if reduction == "none":
+            return 0.5 * (diff * diff).sum(-1)  # (*, D) -> (*)
+        flat = diff.reshape(-1)
+        total = torch.dot(flat, flat)  # Σ_samples Σ_j (y − t)², one op
+        count = math.prod(diff.shape[:-1])  # samples
+        return total * (0.5 if reduction == "sum" else 0.5 / count if count else math.nan)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -453,8 +458,9 @@ class HalfSquaredErrorFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         input, target = ctx.saved_tensors
-        count = input.numel() // input.shape[-1] if input.shape[-1] else 0
-        grad = _scale(grad_output, ctx.reduction, count) * (input - target)  # BP1: (y − t)
+        scale = _scale(grad_output, ctx.reduction, math.prod(input.shape[:-1]))
+        diff = input - target  # BP1's first factor: y − t
+        grad = diff * scale if torch.is_grad_enabled() else diff.mul_(scale)
         grad_input = grad if ctx.needs_input_grad[0] else None
         grad_target = -grad if ctx.needs_input_grad[1] else None
         return grad_input, grad_target, None
