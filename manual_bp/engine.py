@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -125,13 +126,18 @@ def _check_lr(lr: Any) -> float:
     return float(lr)
 
 
-def _forward(mlp: MLP, y: Tensor, keep_x: bool) -> tuple[list[Tensor], list[Tensor | None]]:
+def _forward(
+    params: list[Tensor], acts: tuple[Activation, ...], y: Tensor, keep_x: bool
+) -> tuple[list[Tensor], list[Tensor | None]]:
     """FF. Returns ``ys`` (``y_0..y_N``) and ``xs`` (``xs[0]`` is ``None``; ``xs[n] = x_n`` where
-    ``f′`` needs ``x`` or ``keep_x``, else ``None``: the activation was applied over ``x``)."""
+    ``f′`` needs ``x`` or ``keep_x``, else ``None``: the activation was applied over ``x``).
+    ``params`` is ``W_0, b_0, W_1, b_1, …`` (no biases if the network has none)."""
+    step = len(params) // len(acts)
     ys: list[Tensor] = [y]
     xs: list[Tensor | None] = [None]
-    for layer, act in zip(mlp.layers, mlp.activations, strict=True):
-        x = F.linear(y, layer.weight, layer.bias)  # x_{n+1} = y_n W_nᵀ + b_n; (M, D_n) -> (M, D_{n+1})
+    for n, act in enumerate(acts):
+        bias = params[step * n + 1] if step == 2 else None
+        x = F.linear(y, params[step * n], bias)  # x_{n+1} = y_n W_nᵀ + b_n; (M, D_n) -> (M, D_{n+1})
         if keep_x or not act.from_output:
             y = act.forward(x)
             xs.append(x)
@@ -142,30 +148,39 @@ def _forward(mlp: MLP, y: Tensor, keep_x: bool) -> tuple[list[Tensor], list[Tens
     return ys, xs
 
 
-def _loss_and_grad(y: Tensor, target: Tensor, loss: str, scale: float) -> tuple[Tensor, Tensor]:
-    """The summed loss ``Σ_i c_i`` (a 0-d tensor) and ``g = scale · ∂(Σ c_i)/∂y_N`` (BP1's first factor)."""
+def _loss_and_grad(
+    y: Tensor, target: Tensor, loss: str, loss_scale: float, grad_scale: float
+) -> tuple[Tensor, Tensor]:
+    """``loss_scale · Σ_i c_i`` (a 0-d tensor) and BP1's first factor ``g = grad_scale · ∂(Σ_i c_i)/∂y_N``."""
     if loss == "half_squared_error":
         g = y - target  # y_N − t
-        total = 0.5 * torch.dot(g.reshape(-1), g.reshape(-1))  # Σ_i ½‖y_i − t_i‖²
-        if scale != 1.0:
-            g.mul_(scale)
+        flat = g.reshape(-1)
+        total = torch.dot(flat, flat).mul_(0.5 * loss_scale)  # Σ_i ½‖y_i − t_i‖²
+        if grad_scale != 1.0:
+            g.mul_(grad_scale)
         return total, g
     log_p = torch.log_softmax(y, -1)  # (M, C)
     g = log_p.exp()  # p = softmax(y_N)
     if target.is_floating_point():  # class probabilities q: c_i = −Σ_k q_ik log p_ik
-        total = -torch.dot(target.reshape(-1), log_p.reshape(-1))
+        total = torch.dot(target.reshape(-1), log_p.reshape(-1)).mul_(-loss_scale)
         g.mul_(target.sum(-1, keepdim=True)).sub_(target)  # p Σq − q
     else:  # class indices: c_i = −log p_{i t_i}
         index = target.unsqueeze(-1)
-        total = -log_p.gather(-1, index).sum()
+        total = log_p.gather(-1, index).sum().mul_(-loss_scale)
         g.scatter_add_(-1, index, torch.full_like(index, -1, dtype=g.dtype))  # p − onehot(t)
-    if scale != 1.0:
-        g.mul_(scale)
+    if grad_scale != 1.0:
+        g.mul_(grad_scale)
     return total, g
 
 
 def _activation_input(act: Activation, x: Tensor | None, y: Tensor) -> Tensor:
     return y if act.from_output else x  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=16)
+def _ones(rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A column of ones: ``δᵀ 1`` is BP3's bias gradient ``Σ_rows δ`` as one matrix-vector product."""
+    return torch.ones(rows, dtype=dtype, device=device)
 
 
 def sgd_step(
@@ -206,33 +221,38 @@ def sgd_step(
     y0, target = _check(mlp, x, target, loss, reduction)
     lr = _check_lr(lr)
     distributed = dist.is_available() and dist.is_initialized()
+    params = mlp.parameters_flat()
+    acts = mlp.activations
+    depth = len(acts)
+    step = len(params) // depth
     with torch.no_grad(), _no_autocast(y0):
-        ys, xs = _forward(mlp, y0, keep_x=False)  # FF
+        ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
         count = y0.shape[0]
-        scale = 1.0 if distributed or reduction == "sum" else 1.0 / count if count else math.nan
-        total, g = _loss_and_grad(ys[-1], target, loss, scale)
-        acts = mlp.activations
-        depth = len(acts)
+        mean = reduction == "mean" and not distributed
+        # 'mean' divides the loss and the update by M; the gradients below stay sums over rows
+        total, g = _loss_and_grad(
+            ys[-1], target, loss, (1.0 / count if count else math.nan) if mean else 1.0, 1.0
+        )
         # BP1: δ_N = g ⊙ f′(x_N)
         delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
-        layers = list(mlp.layers)
         if not distributed:
+            rate = lr / count if mean and count else lr
+            ones = _ones(count, y0.dtype, y0.device) if step == 2 else None
             for n in range(depth - 1, -1, -1):
-                layer = layers[n]
+                weight = params[step * n]
                 # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
                 below = None
                 if n > 0:
-                    below = delta.mm(layer.weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
+                    below = delta.mm(weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
                     below = acts[n - 1].backward(below, _activation_input(acts[n - 1], xs[n], ys[n]), OWNED)
                 # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
-                layer.weight.addmm_(delta.t(), ys[n], alpha=-lr)
-                if layer.bias is not None:
-                    layer.bias.sub_(delta.sum(0), alpha=lr)  # b_n −= α Σ_rows δ_{n+1}
+                weight.addmm_(delta.t(), ys[n], alpha=-rate)
+                if ones is not None:
+                    params[step * n + 1].addmv_(delta.t(), ones, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
                 delta = below  # type: ignore[assignment]
-            return total / count if reduction == "mean" else total
+            return total
 
         # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
-        params = mlp.parameters_flat()
         # float32 at least: a float16 buffer would round the sample count above 2048
         buf_dtype = torch.promote_types(y0.dtype, torch.float32)
         flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=buf_dtype, device=y0.device)
@@ -242,9 +262,8 @@ def sgd_step(
             offset += p.numel()
         flat[-2] = total
         flat[-1] = count
-        step = 2 if layers[0].bias is not None else 1
         for n in range(depth - 1, -1, -1):
-            weight = layers[n].weight
+            weight = params[step * n]
             if buf_dtype == y0.dtype:
                 torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
                 if step == 2:
@@ -286,11 +305,11 @@ def deltas(
     """
     y0, target = _check(mlp, x, target, loss, reduction)
     with torch.no_grad(), _no_autocast(y0):
-        ys, xs_opt = _forward(mlp, y0, keep_x=True)
+        ys, xs_opt = _forward(mlp.parameters_flat(), mlp.activations, y0, keep_x=True)
         xs: list[Tensor] = [y0, *xs_opt[1:]]  # type: ignore[list-item]
         count = y0.shape[0]
         scale = 1.0 if reduction == "sum" else 1.0 / count if count else math.nan
-        total, g = _loss_and_grad(ys[-1], target, loss, scale)
+        total, g = _loss_and_grad(ys[-1], target, loss, scale, scale)
         acts = mlp.activations
         depth = len(acts)
         saved = [None, *(y if a.from_output else x for a, x, y in zip(acts, xs[1:], ys[1:], strict=True))]
@@ -305,5 +324,4 @@ def deltas(
                 bias_grads[n] = delta.sum(0)
             below = delta.mm(layer.weight)  # BP2 (for n = 0: ∂C/∂y_0, the input gradient)
             out[n] = acts[n - 1].backward(below, saved[n], OWNED) if n > 0 else below
-        loss_value = total / count if reduction == "mean" else total
-    return Trace(loss_value, xs, ys, out, weight_grads, bias_grads)
+    return Trace(total, xs, ys, out, weight_grads, bias_grads)
