@@ -141,6 +141,7 @@ def autograd_step(
 
 def compiled_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    torch.compiler.reset()  # a fresh cache per configuration (the lambda below would hit the recompile limit)
     forward = torch.compile(lambda x, t: native_loss(model(x), t), fullgraph=True)
 
     def step() -> None:

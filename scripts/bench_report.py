@@ -1,0 +1,111 @@
+"""Render the JSON written by ``scripts/bench.py`` as the README's Markdown performance tables.
+
+Run::
+
+    python scripts/bench_report.py benchmarks/cpu.json > /tmp/perf.md
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from typing import Any
+
+PATHS = ("compiled", "manual", "fused", "engine")
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s * 1e6:.0f} µs" if s < 0.01 else f"{s * 1e3:.1f} ms"
+
+
+def summary(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| size class | path | target (ratio to native) | worst | median | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in data["targets"]:
+        vals = [r["ratio"][v["path"]] for r in data["rows"] if r["class"] == v["class"]]
+        lines.append(
+            f"| {v['class']} | {v['path']} | ≤ {v['limit']:.2f} | {v['worst']:.2f} | "
+            f"{statistics.median(vals):.2f} | {'yes' if v['ok'] else '**no**'} |"
+        )
+    return lines
+
+
+def peak_lines(data: dict[str, Any]) -> list[str]:
+    peak = data["gemm_gflops"]
+    large = [r for r in data["rows"] if r["class"] == "large"]
+    out = []
+    for path in ("native", "fused", "engine"):
+        shares = [100 * r["gflops"][path] / peak for r in large]
+        if shares:
+            out.append(
+                f"- large widths, `{path}`: {min(shares):.0f}–{max(shares):.0f}% of the {peak:.0f} GFLOP/s "
+                f"matrix-multiply throughput (median {statistics.median(shares):.0f}%)"
+            )
+    return out
+
+
+def memory_lines(data: dict[str, Any]) -> list[str]:
+    by: dict[tuple[str, int], float] = {}
+    for r in data["rows"] + data["memory_extra"]:
+        key = (r["activation"], r["depth"])
+        by[key] = max(by.get(key, 0.0), r["memory_ratio"]["fused"])
+    acts = sorted({a for a, _ in by})
+    depths = sorted({d for _, d in by})
+    lines = [
+        "| activation | " + " | ".join(f"depth {d}" for d in depths) + " |",
+        "| --- |" + " --- |" * len(depths),
+    ]
+    for a in acts:
+        lines.append(
+            f"| {a} | " + " | ".join(f"{by[(a, d)]:.2f}" if (a, d) in by else "–" for d in depths) + " |"
+        )
+    return lines
+
+
+def full_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| batch | width | depth | act | class | native | compiled | manual | fused | engine | fused mem |",
+        "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data["rows"]:
+        ratios = " | ".join(f"{r['ratio'][p]:.2f}" if p in r["ratio"] else "–" for p in PATHS)
+        lines.append(
+            f"| {r['batch']} | {r['width']} | {r['depth']} | {r['activation']} | {r['class']} | "
+            f"{fmt_seconds(r['seconds']['native'])} | {ratios} | {r['memory_ratio']['fused']:.2f} |"
+        )
+    return lines
+
+
+def digits_lines(data: dict[str, Any]) -> list[str]:
+    return [
+        f"- digits epoch, `MLP{d['task'][0].upper() + d['task'][1:]}`: scikit-learn "
+        f"{fmt_seconds(d['seconds']['sklearn'])}, engine {fmt_seconds(d['seconds']['engine'])}, "
+        f"ratio {d['ratio']:.2f}"
+        for d in data["digits"]
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python scripts/bench_report.py BENCH.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as fh:
+        data = json.load(fh)
+    print(
+        f"`{data['command']}` — torch {data['torch']}, {data['device']}, {data['dtype']}, "
+        f"{data['threads']} threads\n"
+    )
+    print("\n".join(summary(data)) + "\n")
+    print("\n".join(peak_lines(data) + digits_lines(data)) + "\n")
+    print("Saved-activation memory of the fused path relative to native (worst over the grid):\n")
+    print("\n".join(memory_lines(data)) + "\n")
+    print("<details><summary>Every configuration (time of native, ratios to native)</summary>\n")
+    print("\n".join(full_table(data)) + "\n\n</details>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
