@@ -62,13 +62,21 @@ TARGETS = {  # size class -> path -> largest allowed ratio to native (issue 6)
     "medium": {"manual": 1.05, "fused": 1.0, "engine": 0.8},
     "large": {"manual": 1.03, "fused": 1.0, "engine": 1.0},
 }
-NATIVE_ACT = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+NATIVE_ACT = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+}
 MANUAL_ACT = {
     "sigmoid": manual_bp.Sigmoid,
     "relu": manual_bp.ReLU,
     "gelu": manual_bp.GELU,
     "tanh": manual_bp.Tanh,
     "silu": manual_bp.SiLU,
+    "softplus": manual_bp.Softplus,
 }
 
 
@@ -170,7 +178,7 @@ def calibrate(step: Callable[[], None], device: str) -> int:
     step()
     sync(device)
     one = max(time.perf_counter() - start, 1e-6)
-    return max(1, min(2000, int(TARGET_SECONDS / one)))
+    return max(2, min(2000, int(TARGET_SECONDS / one)))
 
 
 def time_block(step: Callable[[], None], iters: int, device: str) -> float:
@@ -299,7 +307,7 @@ def memory_config(act: str, depth: int, args: argparse.Namespace, dtype: torch.d
         "activation": act,
         "batch": 256,
         "width": 256,
-        "depth": 4,
+        "depth": depth,
         "memory_ratio": {k: v / mem["native"] for k, v in mem.items()},
     }
 
