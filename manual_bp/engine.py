@@ -45,7 +45,7 @@ from manual_bp._activations import OWNED, Activation
 from manual_bp._function import autocast_dtype, check_floating, check_same
 from manual_bp.mlp import MLP
 
-__all__ = ["LOSSES", "Trace", "deltas", "sgd_step"]
+__all__ = ["LOSSES", "Trace", "deltas", "sgd_epoch", "sgd_step"]
 
 LOSSES = ("half_squared_error", "cross_entropy")
 
@@ -220,69 +220,136 @@ def sgd_step(
     """
     y0, target = _check(mlp, x, target, loss, reduction)
     lr = _check_lr(lr)
-    distributed = dist.is_available() and dist.is_initialized()
-    params = mlp.parameters_flat()
-    acts = mlp.activations
+    with torch.no_grad(), _no_autocast(y0):
+        return _step(mlp.parameters_flat(), mlp.activations, y0, target, lr, loss, reduction, _distributed())
+
+
+def sgd_epoch(
+    mlp: MLP,
+    x: Tensor,
+    target: Tensor,
+    lr: float,
+    batch_size: int,
+    loss: str = "half_squared_error",
+    reduction: str = "mean",
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One pass over ``(x, target)`` in batches of ``batch_size``: :func:`sgd_step` on each batch.
+
+    The arguments are checked once for the whole epoch (not per batch), so small batches pay
+    less Python; each batch's step is exactly :func:`sgd_step`'s. The last batch may be smaller.
+    ``shuffle=True`` visits the rows in the order of ``torch.randperm(M, generator=generator)``.
+
+    Returns:
+        The mean of the batches' losses (a detached 0-d tensor), each taken before its update.
+
+    >>> import torch, manual_bp
+    >>> net = manual_bp.MLP([2, 3, 1])
+    >>> manual_bp.engine.sgd_epoch(net, torch.randn(10, 2), torch.rand(10, 1), lr=0.5, batch_size=4).shape
+    torch.Size([])
+    """
+    y0, target = _check(mlp, x, target, loss, reduction)
+    lr = _check_lr(lr)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    rows = y0.shape[0]
+    if shuffle:
+        order = torch.randperm(rows, generator=generator).to(y0.device)
+        y0, target = y0[order], target[order]
+    params, acts, distributed = mlp.parameters_flat(), mlp.activations, _distributed()
+    with torch.no_grad(), _no_autocast(y0):
+        losses = [
+            _step(
+                params,
+                acts,
+                y0[i : i + batch_size],
+                target[i : i + batch_size],
+                lr,
+                loss,
+                reduction,
+                distributed,
+            )
+            for i in range(0, rows, batch_size)
+        ]
+        return torch.stack(losses).mean() if losses else torch.full((), math.nan, dtype=y0.dtype)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _step(
+    params: list[Tensor],
+    acts: tuple[Activation, ...],
+    y0: Tensor,
+    target: Tensor,
+    lr: float,
+    loss: str,
+    reduction: str,
+    distributed: bool,
+) -> Tensor:
+    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()``."""
     depth = len(acts)
     step = len(params) // depth
-    with torch.no_grad(), _no_autocast(y0):
-        ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
-        count = y0.shape[0]
-        mean = reduction == "mean" and not distributed
-        # 'mean' divides the loss and the update by M; the gradients below stay sums over rows
-        total, g = _loss_and_grad(
-            ys[-1], target, loss, (1.0 / count if count else math.nan) if mean else 1.0, 1.0
-        )
-        # BP1: δ_N = g ⊙ f′(x_N)
-        delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
-        if not distributed:
-            rate = lr / count if mean and count else lr
-            ones = _ones(count, y0.dtype, y0.device) if step == 2 else None
-            for n in range(depth - 1, -1, -1):
-                weight = params[step * n]
-                # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
-                below = None
-                if n > 0:
-                    below = delta.mm(weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
-                    below = acts[n - 1].backward(below, _activation_input(acts[n - 1], xs[n], ys[n]), OWNED)
-                # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
-                weight.addmm_(delta.t(), ys[n], alpha=-rate)
-                if ones is not None:
-                    params[step * n + 1].addmv_(delta.t(), ones, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
-                delta = below  # type: ignore[assignment]
-            return total
-
-        # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
-        # float32 at least: a float16 buffer would round the sample count above 2048
-        buf_dtype = torch.promote_types(y0.dtype, torch.float32)
-        flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=buf_dtype, device=y0.device)
-        views, offset = [], 0
-        for p in params:
-            views.append(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        flat[-2] = total
-        flat[-1] = count
+    ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
+    count = y0.shape[0]
+    mean = reduction == "mean" and not distributed
+    # 'mean' divides the loss and the update by M; the gradients below stay sums over rows
+    total, g = _loss_and_grad(
+        ys[-1], target, loss, (1.0 / count if count else math.nan) if mean else 1.0, 1.0
+    )
+    # BP1: δ_N = g ⊙ f′(x_N)
+    delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
+    if not distributed:
+        rate = lr / count if mean and count else lr
+        ones = _ones(count, y0.dtype, y0.device) if step == 2 else None
         for n in range(depth - 1, -1, -1):
             weight = params[step * n]
-            if buf_dtype == y0.dtype:
-                torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
-                if step == 2:
-                    torch.sum(delta, 0, out=views[step * n + 1])
-            else:
-                views[step * n].copy_(delta.t().mm(ys[n]))
-                if step == 2:
-                    views[step * n + 1].copy_(delta.sum(0))
-            if n > 0:  # BP2
-                delta = acts[n - 1].backward(
-                    delta.mm(weight), _activation_input(acts[n - 1], xs[n], ys[n]), OWNED
-                )
-        dist.all_reduce(flat)  # sums over processes
-        global_total, global_count = flat[-2], flat[-1]
-        factor = lr / global_count if reduction == "mean" else lr
-        for p, grad in zip(params, views, strict=True):
-            p.sub_((grad * factor).to(p.dtype))  # UPD: Δw = −α ∂C/∂w
-        loss_value = global_total / global_count if reduction == "mean" else global_total.clone()
-        return loss_value.to(y0.dtype)
+            # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
+            below = None
+            if n > 0:
+                below = delta.mm(weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
+                below = acts[n - 1].backward(below, _activation_input(acts[n - 1], xs[n], ys[n]), OWNED)
+            # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
+            delta_t = delta.t()
+            weight.addmm_(delta_t, ys[n], alpha=-rate)
+            if ones is not None:
+                params[step * n + 1].addmv_(delta_t, ones, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
+            delta = below  # type: ignore[assignment]
+        return total
+
+    # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
+    # float32 at least: a float16 buffer would round the sample count above 2048
+    buf_dtype = torch.promote_types(y0.dtype, torch.float32)
+    flat = torch.empty(sum(p.numel() for p in params) + 2, dtype=buf_dtype, device=y0.device)
+    views, offset = [], 0
+    for p in params:
+        views.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    flat[-2] = total
+    flat[-1] = count
+    for n in range(depth - 1, -1, -1):
+        weight = params[step * n]
+        if buf_dtype == y0.dtype:
+            torch.mm(delta.t(), ys[n], out=views[step * n])  # BP3: Σ_i δ_{n+1}ᵀ y_n
+            if step == 2:
+                torch.sum(delta, 0, out=views[step * n + 1])
+        else:
+            views[step * n].copy_(delta.t().mm(ys[n]))
+            if step == 2:
+                views[step * n + 1].copy_(delta.sum(0))
+        if n > 0:  # BP2
+            delta = acts[n - 1].backward(
+                delta.mm(weight), _activation_input(acts[n - 1], xs[n], ys[n]), OWNED
+            )
+    dist.all_reduce(flat)  # sums over processes
+    global_total, global_count = flat[-2], flat[-1]
+    factor = lr / global_count if reduction == "mean" else lr
+    for p, grad in zip(params, views, strict=True):
+        p.sub_((grad * factor).to(p.dtype))  # UPD: Δw = −α ∂C/∂w
+    loss_value = global_total / global_count if reduction == "mean" else global_total.clone()
+    return loss_value.to(y0.dtype)
 
 
 def deltas(

@@ -313,7 +313,10 @@ def memory_config(act: str, depth: int, args: argparse.Namespace, dtype: torch.d
 
 
 def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
-    """One epoch over digits: engine.sgd_step against scikit-learn's MLPClassifier / MLPRegressor."""
+    """One epoch over digits: ``engine.sgd_epoch`` against scikit-learn's MLPClassifier / MLPRegressor.
+
+    Both check their arguments once per epoch and take one plain SGD step per batch of 32.
+    """
     import warnings
 
     import numpy as np
@@ -342,11 +345,9 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             fit = lambda sk=sk: sk.partial_fit(x_np, onehot)  # noqa: E731
             loss, t_all = "half_squared_error", targets
         mlp = manual_bp.MLP([64, hidden, 10], activation="sigmoid", output_activation="identity")
-        chunks = [(x[i : i + batch], t_all[i : i + batch]) for i in range(0, len(x), batch)]
 
-        def epoch(mlp: manual_bp.MLP = mlp, chunks: list = chunks, loss: str = loss) -> None:
-            for xb, tb in chunks:
-                engine.sgd_step(mlp, xb, tb, lr, loss=loss)
+        def epoch(mlp: manual_bp.MLP = mlp, t_all: torch.Tensor = t_all, loss: str = loss) -> None:
+            engine.sgd_epoch(mlp, x, t_all, lr, batch_size=batch, loss=loss)  # in order, like shuffle=False
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
