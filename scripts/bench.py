@@ -17,6 +17,8 @@ reported as medians over repetitions:
 * ``fused``    — ``manual_bp.MLP(fused=True)``: one Function for the whole network
 * ``engine``   — ``manual_bp.engine.sgd_step``: no autograd at all
 
+Ratios to native are medians over repetitions of (path time / native time in that repetition).
+
 It also prints GFLOP/s and the share of this machine's matrix-multiply throughput (best of several
 large GEMMs, measured in the same run), the saved-activation memory of each autograd path relative
 to native (bytes packed by ``torch.autograd.graph.saved_tensors_hooks``; parameters, input and
@@ -190,13 +192,23 @@ def time_block(step: Callable[[], None], iters: int, device: str) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def interleaved(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, float]:
+def interleaved(
+    steps: dict[str, Callable[[], None]], reps: int, device: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median time per step of each path, and the median over repetitions of each path's time
+    divided by the first path's time in the same repetition (drifts of the machine's speed between
+    repetitions cancel in these ratios)."""
     iters = {name: calibrate(step, device) for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
             times[name].append(time_block(step, iters[name], device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    base = next(iter(steps))
+    ratios = {
+        name: statistics.median(t / b for t, b in zip(ts, times[base], strict=True))
+        for name, ts in times.items()
+    }
+    return {name: statistics.median(ts) for name, ts in times.items()}, ratios
 
 
 def saved_bytes(run: Callable[[], torch.Tensor], held: list[torch.Tensor]) -> int:
@@ -267,7 +279,7 @@ def bench_config(
         steps["compiled"] = compiled_step(comp, x, t)
     steps = {name: steps[name] for name in PATHS if name in steps}
     with torch.autocast(device, dtype=dtype, enabled=args.autocast):
-        times = interleaved(steps, args.reps, device)
+        times, ratios = interleaved(steps, args.reps, device)
         memory = {
             "native": saved_bytes(lambda: native_loss(nat(x), t), [*nat.parameters(), x, t]),
             "manual": saved_bytes(lambda: hse(man(x), t), [*man.parameters(), x, t]),
@@ -281,7 +293,7 @@ def bench_config(
         "activation": act,
         "class": size_class(batch, width),
         "seconds": times,
-        "ratio": {k: v / times["native"] for k, v in times.items()},
+        "ratio": ratios,
         "gflops": {k: flops / v / 1e9 for k, v in times.items()},
         "saved_bytes": memory,
         "memory_ratio": {k: v / memory["native"] for k, v in memory.items()},
@@ -353,8 +365,8 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             warnings.simplefilter("ignore", ConvergenceWarning)
             fit()
             epoch()
-            times = interleaved({"sklearn": fit, "engine": epoch}, reps, "cpu")
-        rows.append({"task": task, "seconds": times, "ratio": times["engine"] / times["sklearn"]})
+            times, ratios = interleaved({"sklearn": fit, "engine": epoch}, reps, "cpu")
+        rows.append({"task": task, "seconds": times, "ratio": ratios["engine"]})
     return rows
 
 
