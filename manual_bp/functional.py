@@ -95,16 +95,20 @@ class LinearFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        flat = grad_output.dim() == 2  # a plain batch: mm, and no reshapes (a few µs less per call)
         grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             # BP2, linear half: δ_n' = δ_{n+1} W; (*, D_out) @ (D_out, D_in) -> (*, D_in)
-            grad_input = grad_output.matmul(weight)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            delta = grad_output.reshape(-1, weight.shape[0])  # (*, D_out) -> (N, D_out)
-            if ctx.needs_input_grad[1]:
+            grad_input = grad_output.mm(weight) if flat else grad_output.matmul(weight)
+        if needs[1] or (ctx.has_bias and needs[2]):
+            delta = (
+                grad_output if flat else grad_output.reshape(-1, weight.shape[0])
+            )  # (*, D_out) -> (N, D_out)
+            if needs[1]:
                 # BP3: ∂c/∂W = δᵀ y; (D_out, N) @ (N, D_in) -> (D_out, D_in)
-                grad_weight = delta.t().mm(input.reshape(-1, weight.shape[1]))
-            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_weight = delta.t().mm(input if flat else input.reshape(-1, weight.shape[1]))
+            if ctx.has_bias and needs[2]:
                 grad_bias = delta.sum(0)  # BP3: ∂c/∂b = Σ_rows δ; (N, D_out) -> (D_out,)
         return grad_input, grad_weight, grad_bias
 
