@@ -150,3 +150,11 @@ def test_ddp_on_two_cpu_processes_through_the_command_line(tmp_path: Path) -> No
     assert done.stdout.count("test accuracy: ") == 1  # printed by rank 0 only
     assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt"))
     assert (tmp_path / "lightning_logs" / "version_0" / "gradient_flow.png").is_file()
+
+
+def test_tensorboard_logs_when_installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tensorboard")  # optional (the tensorboard extra): skipped where it is not installed
+    main([*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1", "--test", "false"])
+    events = list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()  # CSV logs as well
