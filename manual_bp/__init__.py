@@ -18,7 +18,7 @@ A batch is ``(N, D)`` (layers accept any ``(*, D)``), ``W`` is ``(D_out, D_in)``
 """
 
 from manual_bp import check, engine, functional
-from manual_bp.convert import conversion_report, convert, revert
+from manual_bp.convert import conversion_report, convert, native_twin, revert
 from manual_bp.mlp import MLP
 from manual_bp.modules import (
     ELU,
@@ -57,5 +57,6 @@ __all__ = [
     "convert",
     "engine",
     "functional",
+    "native_twin",
     "revert",
 ]

@@ -52,7 +52,7 @@ from torch.overrides import TorchFunctionMode
 from torch.testing import make_tensor
 
 import manual_bp.functional as MF
-from manual_bp.convert import ConversionReport, _table, conversion_report, convert, revert
+from manual_bp.convert import ConversionReport, _table, conversion_report, convert, native_twin
 
 __all__ = [
     "OPS",
@@ -963,7 +963,8 @@ def check_model(
     """Convert a copy of ``model`` and compare it with a native copy in ``dtype`` (float64 by default).
 
     ``model`` is not changed: both twins are deep copies cast to ``dtype`` (floating inputs too);
-    the native one is reverted (:func:`manual_bp.revert`), so models built from manual layers work too.
+    the native one is :func:`manual_bp.convert.native_twin` (every manual layer and every ``MLP``
+    computed by ``torch.nn`` and autograd), so models built from manual layers work too.
     The result prints as the conversion report, the comparison table and the native calls that
     conversion could not reach.
     """
@@ -979,9 +980,8 @@ def check_model(
     call: Any = {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "nothing to convert" shows in the report instead
-        native = revert(
-            copy.deepcopy(model).to(dtype), inplace=True
-        )  # native even if built from manual layers
-        manual = convert(native, inplace=False)
+        # native even if built from manual layers (an MLP becomes a native Linear/activation stack)
+        native = native_twin(copy.deepcopy(model).to(dtype))
+        manual = convert(copy.deepcopy(model).to(dtype), inplace=True)  # an MLP stays as it is
     comparison = compare(manual, native, call, loss_fn, rtol=rtol, atol=atol, seed=seed)
     return ModelCheck(conversion_report(manual), comparison, find_native_calls(manual, call))

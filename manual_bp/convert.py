@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from manual_bp import modules as M
 from manual_bp.mlp import MLP
 
-__all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "revert"]
+__all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "native_twin", "revert"]
 
 _log = logging.getLogger(__name__)
 
@@ -409,3 +409,42 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
             stacklevel=2,
         )
     return model
+
+
+class _NativeMLP(nn.Module):
+    """``torch.nn`` twin of an :class:`MLP`: the same parameter names, native layers and autograd."""
+
+    def __init__(self, mlp: MLP) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for layer in mlp.layers:
+            native = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            native.weight, native.bias = layer.weight, layer.bias  # shared: the caller deep-copies
+            self.layers.append(native)
+        self.acts = [act.native() for act in mlp.activations]
+
+    def forward(self, input: Tensor) -> Tensor:
+        y = input
+        for layer, act in zip(self.layers, self.acts, strict=True):
+            y = act(layer(y))
+        return y
+
+
+def native_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` computed by native ``torch.nn`` layers and autograd only.
+
+    Every :class:`MLP` becomes a native ``Linear``/activation stack and every other manual layer
+    its ``torch.nn`` class (:func:`revert`). Parameter names stay the same: the reference that
+    ``manual_bp.check`` and the training's gradient check compare manual gradients with.
+    """
+    twin = copy.deepcopy(model)
+    if isinstance(twin, MLP):
+        return _NativeMLP(twin)
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, MLP) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = twin.get_submodule(parent_name) if parent_name else twin
+            setattr(parent, child, _NativeMLP(module))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nothing to revert.*")
+        return revert(twin, inplace=True)

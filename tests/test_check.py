@@ -265,3 +265,28 @@ def test_check_model_sees_attention_projections_and_works_on_manual_models() -> 
 def test_check_model_in_float32() -> None:
     result = check.check_model(_model().float(), torch.randn(3, 4), dtype=torch.float32)
     assert result.passed and (result.comparison.rtol, result.comparison.atol) == (1.3e-6, 1e-5)
+
+
+def test_native_twin_has_no_manual_layer_left() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(manual_bp.MLP([3, 5, 4], activation="gelu"), nn.Linear(4, 2), manual_bp.Tanh())
+    twin = manual_bp.native_twin(model)
+    manual_types = (manual_bp.MLP, *(getattr(manual_bp, name) for name in manual_bp.modules.__all__))
+    assert not any(isinstance(m, manual_types) for m in twin.modules())
+    assert list(dict(twin.named_parameters())) == list(dict(model.named_parameters()))
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(twin(x), model(x))
+
+
+def test_check_model_compares_an_mlp_with_native_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(manual_bp.MLP([3, 5, 4], activation="tanh"), nn.Linear(4, 2))
+    x = torch.randn(6, 3)
+    assert check.check_model(model, x).passed
+    backward = manual_bp.functional.MLPFunction.backward
+
+    def doubled(ctx: Any, *grads: Tensor | None) -> Any:  # a wrong fused backward
+        return tuple(None if g is None else 2 * g for g in backward(ctx, *grads))
+
+    monkeypatch.setattr(manual_bp.functional.MLPFunction, "backward", staticmethod(doubled))
+    assert not check.check_model(model, x).passed  # the MLP is not compared with itself

@@ -8,9 +8,7 @@ the loss, the optimizer and the metrics. Batches are ``(x, y)`` as the DataModul
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -21,6 +19,7 @@ from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 import manual_bp
+from manual_bp.convert import native_twin
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin"]
@@ -253,44 +252,6 @@ def _takes_input_first(model: nn.Module, first: nn.Linear) -> bool:
     if isinstance(model, MLP):
         return True
     return isinstance(model, nn.Sequential) and len(model) > 0 and model[0] is first
-
-
-class _NativeMLP(nn.Module):
-    """``torch.nn`` twin of an :class:`MLP`: the same parameter names, native layers and autograd."""
-
-    def __init__(self, mlp: MLP) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList()
-        for layer in mlp.layers:
-            native = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            native.weight, native.bias = layer.weight, layer.bias  # shared: the caller deep-copies
-            self.layers.append(native)
-        self.acts = [act.native() for act in mlp.activations]
-
-    def forward(self, input: Tensor) -> Tensor:
-        y = input
-        for layer, act in zip(self.layers, self.acts, strict=True):
-            y = act(layer(y))
-        return y
-
-
-def native_twin(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` computed by native ``torch.nn`` layers and autograd only.
-
-    Every :class:`MLP` becomes a native ``Linear``/activation stack and every other manual layer
-    its ``torch.nn`` class (:func:`manual_bp.revert`). Parameter names stay the same.
-    """
-    twin = copy.deepcopy(model)
-    if isinstance(twin, MLP):
-        return _NativeMLP(twin)
-    for name, module in list(twin.named_modules()):
-        if isinstance(module, MLP) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = twin.get_submodule(parent_name) if parent_name else twin
-            setattr(parent, child, _NativeMLP(module))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*nothing to revert.*")
-        return manual_bp.revert(twin, inplace=True)
 
 
 def native_loss(name: str, output: Tensor, target: Tensor) -> Tensor:
