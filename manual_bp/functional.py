@@ -563,6 +563,32 @@ def _ce_coefficients(
     return coef, input.numel() // input.shape[-1] if input.shape[-1] else 0
 
 
+def _cross_entropy_k_dim(
+    input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str
+) -> Tensor:
+    """``(N, C, d_1, …, d_K)`` logits: class axis last, flattened to ``(N·d_1⋯d_K, C)`` rows."""
+    classes = input.shape[1]
+    rows = input.movedim(1, -1)  # (N, d_1, …, d_K, C)
+    if isinstance(target, Tensor) and target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"class-probability target must have the input's shape {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        flat_target = target.movedim(1, -1).reshape(-1, classes)
+    else:
+        expected = (input.shape[0], *input.shape[2:])
+        if not isinstance(target, Tensor) or target.shape != expected:
+            got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+            raise ValueError(
+                f"class-index target must have shape {expected} for input of shape "
+                f"{tuple(input.shape)}, got {got}"
+            )
+        flat_target = target.reshape(-1)
+    loss = cross_entropy(rows.reshape(-1, classes), flat_target, weight, ignore_index, reduction)
+    return loss.reshape(rows.shape[:-1]) if reduction == "none" else loss
+
+
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -574,16 +600,20 @@ def cross_entropy(
 
     Shape: ``input (N, C)`` or ``(C,)``; ``target`` class indices ``(N,)`` / ``()`` (int64, in
     ``[0, C)`` or ``ignore_index``) or class probabilities of ``input``'s shape; ``weight (C,)``.
+    ``input (N, C, d_1, …, d_K)`` with targets ``(N, d_1, …, d_K)`` (or probabilities of the
+    input's shape) works as in torch: the class axis is moved last and the rest flattened.
     ``'mean'`` divides by the summed weights of the non-ignored targets (indices) or by ``N``
     (probabilities), as torch does. Label smoothing is not supported. Under autocast it runs in
     float32, as the native op does.
     """
     check_floating("input", input)
     check_reduction(reduction)
-    if input.dim() not in (1, 2):
+    if input.dim() == 0:
         raise ValueError(
-            f"cross_entropy expected input of shape (N, C) or (C,), got shape {tuple(input.shape)}"
+            "cross_entropy expected input of shape (N, C), (C,) or (N, C, d_1, ..., d_K), got a 0-d tensor"
         )
+    if input.dim() > 2:
+        return _cross_entropy_k_dim(input, target, weight, ignore_index, reduction)
     if autocast_dtype(input) is not None:
         input = _to_float32(input)
         if target.is_floating_point():

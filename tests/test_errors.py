@@ -89,10 +89,15 @@ def test_cross_entropy_target_shapes() -> None:
         r"class-probability target must have the input's shape \(3, 4\), got \(4,\)",
         lambda: MF.cross_entropy(X, torch.rand(4)),
     )
+    _raises(  # (N, C, d_1) takes targets (N, d_1), as torch does
+        ValueError,
+        r"class-index target must have shape \(2, 4\) for input of shape \(2, 3, 4\), got \(2, 3\)",
+        lambda: MF.cross_entropy(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)),
+    )
     _raises(
         ValueError,
-        r"expected input of shape \(N, C\) or \(C,\), got shape \(2, 3, 4\)",
-        lambda: MF.cross_entropy(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
+        r"expected input of shape \(N, C\), \(C,\) or \(N, C, d_1, ..., d_K\), got a 0-d tensor",
+        lambda: MF.cross_entropy(torch.tensor(1.0), torch.tensor(0)),
     )
 
 

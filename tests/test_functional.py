@@ -359,3 +359,39 @@ def test_cross_entropy_random_shapes(
         lambda a: F.cross_entropy(a, target, weight, reduction=reduction),
         [x],
     )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["indices", "indices-weight-ignore", "probabilities"])
+def test_cross_entropy_with_extra_dims_matches_native(kind: str, reduction: str) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 5, 2, dtype=torch.float64, requires_grad=True)  # (N, C, d_1, d_2)
+    weight = ignore = None
+    if kind == "probabilities":
+        target = torch.rand(3, 4, 5, 2, dtype=torch.float64).softmax(1)
+    else:
+        target = torch.randint(0, 4, (3, 5, 2))
+        if kind == "indices-weight-ignore":
+            weight, ignore = torch.rand(4, dtype=torch.float64), 2
+    kwargs = {
+        "reduction": reduction,
+        **({"weight": weight, "ignore_index": ignore} if ignore is not None else {}),
+    }
+    got = MF.cross_entropy(logits, target, **kwargs)
+    want = F.cross_entropy(logits, target, **kwargs)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
+    grad_out = torch.randn_like(want)
+    (g_got,) = torch.autograd.grad(got, logits, grad_out)
+    (g_want,) = torch.autograd.grad(want, logits, grad_out)
+    torch.testing.assert_close(g_got, g_want)
+    assert torch.autograd.gradcheck(
+        lambda z: MF.cross_entropy(z, target, **kwargs), (logits,), fast_mode=True
+    )
+
+
+def test_cross_entropy_with_extra_dims_checks_the_target_shape() -> None:
+    with pytest.raises(ValueError, match=r"class-index target must have shape \(3, 5\)"):
+        MF.cross_entropy(torch.randn(3, 4, 5), torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"class-probability target must have the input's shape \(3, 4, 5\)"):
+        MF.cross_entropy(torch.randn(3, 4, 5), torch.rand(3, 5, 4))
