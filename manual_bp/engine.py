@@ -240,6 +240,8 @@ def sgd_epoch(
     The arguments are checked once for the whole epoch (not per batch), so small batches pay
     less Python; each batch's step is exactly :func:`sgd_step`'s. The last batch may be smaller.
     ``shuffle=True`` visits the rows in the order of ``torch.randperm(M, generator=generator)``.
+    Under ``torch.distributed`` each process passes its shard; step ``b`` is the global step on
+    every shard's batch ``b`` (a process whose shard has fewer batches joins with empty ones).
 
     Returns:
         The mean of the batches' losses (a detached 0-d tensor), each taken before its update.
@@ -258,6 +260,11 @@ def sgd_epoch(
         order = torch.randperm(rows, generator=generator).to(y0.device)
         y0, target = y0[order], target[order]
     params, acts, distributed = mlp.parameters_flat(), mlp.activations, _distributed()
+    batches = -(-rows // batch_size)
+    if distributed:  # every step is a collective: run as many as the process with the most batches
+        most = torch.tensor([batches], device=y0.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        batches = int(most)  # a process out of rows takes part with empty batches
     with torch.no_grad(), _no_autocast(y0):
         losses = [
             _step(
@@ -270,7 +277,7 @@ def sgd_epoch(
                 reduction,
                 distributed,
             )
-            for i in range(0, rows, batch_size)
+            for i in range(0, batches * batch_size, batch_size)
         ]
         return torch.stack(losses).mean() if losses else torch.full((), math.nan, dtype=y0.dtype)
 

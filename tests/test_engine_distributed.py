@@ -62,6 +62,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             rows = slice(0, split) if rank == 0 else slice(split, BATCH)
             losses = [engine.sgd_step(net, x[rows], target[rows], LR, loss, reduction) for _ in range(STEPS)]
             results[name] = (net.state_dict(), torch.stack(losses))
+        # sgd_epoch on shards of 7 and 3 rows in batches of 2: 4 batches on rank 0, 2 on rank 1
+        net, x, target = make_case("epoch", "half_squared_error", "dense")
+        rows = slice(0, 7) if rank == 0 else slice(7, BATCH)
+        mean_loss = engine.sgd_epoch(net, x[rows], target[rows], LR, batch_size=2)
+        results["epoch"] = (net.state_dict(), mean_loss)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -93,3 +98,13 @@ def test_two_processes_on_shards_equal_one_process_on_the_batch(tmp_path: Path) 
             for key, value in net.state_dict().items():
                 assert not torch.equal(value, before[key])  # the step did move the weights
                 assert_close(state[key], value, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+    # sgd_epoch: batch b of the global run is batch b of every shard (a shard out of batches adds none)
+    net, x, target = make_case("epoch", "half_squared_error", "dense")
+    global_batches = [[0, 1, 7, 8], [2, 3, 9], [4, 5], [6]]
+    want = torch.stack([engine.sgd_step(net, x[rows], target[rows], LR) for rows in global_batches]).mean()
+    for rank in ranks:
+        state, mean_loss = rank["epoch"]
+        assert_close(mean_loss, want, atol=1e-12, rtol=1e-12)
+        for key, value in net.state_dict().items():
+            assert_close(state[key], value, atol=1e-12, rtol=1e-12)
