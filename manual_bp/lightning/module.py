@@ -20,11 +20,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import manual_bp
 from manual_bp.convert import native_twin
+from manual_bp.engine import LOSSES
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin"]
 
-LOSSES = ("cross_entropy", "half_squared_error")
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "adam": torch.optim.Adam,
