@@ -70,6 +70,13 @@ def autocast_enabled() -> bool:
     return torch._C._is_any_autocast_enabled()
 
 
+def autocast_cast(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Cast like autocast does for a lower-precision op: float16/32 and bfloat16, not float64."""
+    if tensor is None or tensor.dtype in (dtype, torch.float64):
+        return tensor
+    return tensor.to(dtype)
+
+
 def autocast_dtype(tensor: Tensor) -> torch.dtype | None:
     """The lower-precision dtype autocast would run a matmul in for ``tensor``, or ``None``."""
     if not autocast_enabled():

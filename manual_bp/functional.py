@@ -30,6 +30,7 @@ from torch import Tensor
 from manual_bp import _activations as _act
 from manual_bp._function import (
     ManualFunction,
+    autocast_cast,
     autocast_dtype,
     autocast_enabled,
     check_floating,
@@ -125,7 +126,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     _check_linear(input, weight, bias)
     cast = autocast_dtype(input)
     if cast is not None:
-        input, weight, bias = (_autocast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
     check_same("input", input, "weight", weight)
     if bias is not None:
         check_same("bias", bias, "weight", weight)
@@ -177,13 +178,6 @@ def _check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 def _to_float32(tensor: Tensor) -> Tensor:
     """Cast like autocast does for a float32 op: float16 and bfloat16 up to float32, float64 untouched."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
-def _autocast(tensor: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """Cast like autocast does for a lower-precision op: float16/32 and bfloat16, not float64."""
-    if tensor is None or tensor.dtype in (dtype, torch.float64):
-        return tensor
-    return tensor.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------

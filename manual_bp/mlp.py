@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manual_bp._activations import FRESH, GRAPH, OWNED, Activation, get_activation
-from manual_bp._function import ManualFunction, autocast_dtype, check_floating, check_same
+from manual_bp._function import ManualFunction, autocast_cast, autocast_dtype, check_floating, check_same
 from manual_bp.modules import Linear
 
 __all__ = ["MLP", "MLPFunction", "mlp"]
@@ -216,7 +216,7 @@ def _run(input: Tensor, net: _Net, params: list[Tensor]) -> Tensor:
     """Flatten ``(*, D_0)`` to 2-D, cast for autocast, apply :class:`MLPFunction`, restore the shape."""
     cast = autocast_dtype(input)
     if cast is not None:
-        input, *params = (t if t.dtype in (cast, torch.float64) else t.to(cast) for t in (input, *params))
+        input, *params = (autocast_cast(t, cast) for t in (input, *params))  # type: ignore[assignment]
     if input.dim() == 2:
         return MLPFunction.apply(input, net, *params)[0]
     lead = input.shape[:-1]
