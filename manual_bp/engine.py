@@ -148,26 +148,39 @@ def _forward(
     return ys, xs
 
 
+_LOSS_FACTOR = {"half_squared_error": 0.5, "cross_entropy": 1.0}  # Σ_i c_i = factor · raw sum
+
+
 def _loss_and_grad(
-    y: Tensor, target: Tensor, loss: str, loss_scale: float, grad_scale: float
+    y: Tensor, target: Tensor, loss: str, loss_scale: float | None, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
-    """``loss_scale · Σ_i c_i`` (a 0-d tensor) and BP1's first factor ``g = grad_scale · ∂(Σ_i c_i)/∂y_N``."""
+    """``loss_scale · Σ_i c_i`` (a 0-d tensor) and BP1's first factor ``g = grad_scale · ∂(Σ_i c_i)/∂y_N``.
+
+    ``loss_scale=None`` returns the raw sum instead (``Σ_i ‖y_i − t_i‖²`` or ``Σ_i c_i``), which
+    the caller scales by ``_LOSS_FACTOR[loss]`` and its own factor: one op per step less.
+    """
     if loss == "half_squared_error":
         g = y - target  # y_N − t
         flat = g.reshape(-1)
-        total = torch.dot(flat, flat).mul_(0.5 * loss_scale)  # Σ_i ½‖y_i − t_i‖²
+        total = torch.dot(flat, flat)  # Σ_i ‖y_i − t_i‖²
+        if loss_scale is not None:
+            total.mul_(0.5 * loss_scale)  # Σ_i ½‖y_i − t_i‖², scaled
         if grad_scale != 1.0:
             g.mul_(grad_scale)
         return total, g
     log_p = torch.log_softmax(y, -1)  # (M, C)
     g = log_p.exp()  # p = softmax(y_N)
     if target.is_floating_point():  # class probabilities q: c_i = −Σ_k q_ik log p_ik
-        total = torch.dot(target.reshape(-1), log_p.reshape(-1)).mul_(-loss_scale)
+        total = torch.dot(target.reshape(-1), log_p.reshape(-1))
+        total.mul_(-1.0 if loss_scale is None else -loss_scale)
         g.mul_(target.sum(-1, keepdim=True)).sub_(target)  # p Σq − q
     else:  # class indices: c_i = −log p_{i t_i}
-        index = target.unsqueeze(-1)
-        total = log_p.gather(-1, index).sum().mul_(-loss_scale)
-        g.scatter_add_(-1, index, torch.full_like(index, -1, dtype=g.dtype))  # p − onehot(t)
+        rows = y.shape[0]
+        mean = loss_scale is not None and loss_scale * rows == 1.0  # nll_loss averages itself: one op less
+        total = F.nll_loss(log_p, target, reduction="mean" if mean else "sum")  # Σ_i −log p_{i t_i}
+        if not mean and loss_scale is not None and loss_scale != 1.0:
+            total.mul_(loss_scale)
+        g.scatter_add_(-1, target.unsqueeze(-1), _minus_ones(rows, g.dtype, g.device))  # p − onehot(t)
     if grad_scale != 1.0:
         g.mul_(grad_scale)
     return total, g
@@ -175,6 +188,12 @@ def _loss_and_grad(
 
 def _activation_input(act: Activation, x: Tensor | None, y: Tensor) -> Tensor:
     return y if act.from_output else x  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=16)
+def _minus_ones(rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A column of −1s: scattered onto ``p`` at the targets it gives ``p − onehot(t)`` (never written)."""
+    return torch.full((rows, 1), -1.0, dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=16)
@@ -266,20 +285,23 @@ def sgd_epoch(
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         batches = int(most)  # a process out of rows takes part with empty batches
     with torch.no_grad(), _no_autocast(y0):
+        # every batch's views at once (cheaper than slicing twice per step)
+        y_batches, t_batches = y0.split(batch_size)[:batches], target.split(batch_size)[:batches]
+        if len(y_batches) < batches:  # distributed, out of rows: empty batches from here on
+            y_batches += (y0[rows:],) * (batches - len(y_batches))
+            t_batches += (target[rows:],) * (batches - len(t_batches))
         losses = [
-            _step(
-                params,
-                acts,
-                y0[i : i + batch_size],
-                target[i : i + batch_size],
-                lr,
-                loss,
-                reduction,
-                distributed,
-            )
-            for i in range(0, batches * batch_size, batch_size)
+            _step(params, acts, y_b, t_b, lr, loss, reduction, distributed, raw=not distributed)
+            for y_b, t_b in zip(y_batches, t_batches, strict=True)
         ]
-        return torch.stack(losses).mean() if losses else torch.full((), math.nan, dtype=y0.dtype)
+        if not losses:
+            return torch.full((), math.nan, dtype=y0.dtype)
+        if distributed:
+            return torch.stack(losses).mean()
+        # the raw sums, scaled as sgd_step would scale each, averaged over batches: one dot
+        factor = _LOSS_FACTOR[loss] / len(losses)
+        scales = [factor / b.shape[0] if reduction == "mean" else factor for b in y_batches]
+        return torch.dot(torch.stack(losses), torch.tensor(scales, dtype=y0.dtype, device=y0.device))
 
 
 def _distributed() -> bool:
@@ -295,17 +317,20 @@ def _step(
     loss: str,
     reduction: str,
     distributed: bool,
+    raw: bool = False,
 ) -> Tensor:
-    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()``."""
+    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()``.
+
+    ``raw=True`` (not distributed) returns the loss unscaled, as ``_loss_and_grad(loss_scale=None)``.
+    """
     depth = len(acts)
     step = len(params) // depth
     ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
     count = y0.shape[0]
     mean = reduction == "mean" and not distributed
     # 'mean' divides the loss and the update by M; the gradients below stay sums over rows
-    total, g = _loss_and_grad(
-        ys[-1], target, loss, (1.0 / count if count else math.nan) if mean else 1.0, 1.0
-    )
+    loss_scale = (1.0 / count if count else math.nan) if mean else 1.0
+    total, g = _loss_and_grad(ys[-1], target, loss, None if raw and not distributed else loss_scale, 1.0)
     # BP1: δ_N = g ⊙ f′(x_N)
     delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
     if not distributed:

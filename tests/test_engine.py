@@ -305,19 +305,25 @@ def test_input_checks(net: manual_bp.MLP) -> None:
         engine.sgd_step(net, torch.ones(5, 3, dtype=torch.long), torch.rand(5, 2), 0.1)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "shuffled"])
-@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
-def test_sgd_epoch_is_sgd_step_over_the_batches(loss: str, shuffle: bool) -> None:
+@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy", "cross_entropy_probabilities"])
+def test_sgd_epoch_is_sgd_step_over_the_batches(loss: str, shuffle: bool, reduction: str) -> None:
     torch.manual_seed(0)
     a = manual_bp.MLP([5, 7, 3], activation="tanh", output_activation="identity", dtype=torch.float64)
     b = copy.deepcopy(a)
     x = torch.randn(23, 5, dtype=torch.float64)
     t = torch.randint(0, 3, (23,)) if loss == "cross_entropy" else torch.rand(23, 3, dtype=torch.float64)
+    if loss == "cross_entropy_probabilities":
+        loss, t = "cross_entropy", t.softmax(-1)
     gen = torch.Generator().manual_seed(7)
-    mean_loss = engine.sgd_epoch(a, x, t, 0.3, batch_size=5, loss=loss, shuffle=shuffle, generator=gen)
+    mean_loss = engine.sgd_epoch(
+        a, x, t, 0.3, batch_size=5, loss=loss, reduction=reduction, shuffle=shuffle, generator=gen
+    )
     order = torch.randperm(23, generator=torch.Generator().manual_seed(7)) if shuffle else torch.arange(23)
     losses = [
-        engine.sgd_step(b, x[order[i : i + 5]], t[order[i : i + 5]], 0.3, loss=loss) for i in range(0, 23, 5)
+        engine.sgd_step(b, x[order[i : i + 5]], t[order[i : i + 5]], 0.3, loss=loss, reduction=reduction)
+        for i in range(0, 23, 5)
     ]
     assert len(losses) == 5  # the last batch holds 3 rows
     assert_close(mean_loss, torch.stack(losses).mean(), rtol=1e-12, atol=1e-12)
