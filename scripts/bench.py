@@ -18,6 +18,10 @@ reported as medians over repetitions:
 * ``engine``   — ``manual_bp.engine.sgd_step``: no autograd at all
 
 Ratios to native are medians over repetitions of (path time / native time in that repetition).
+Each configuration runs in a fresh process (``--same-process`` runs them all in this one): a long
+run otherwise carries the allocator's state from one configuration to the next (glibc malloc
+raises its mmap and trim thresholds as large blocks come and go), which measurably changed later
+configurations' times depending on which ones ran before.
 
 It also prints GFLOP/s and the share of this machine's matrix-multiply throughput (best of several
 large GEMMs, measured in the same run), the saved-activation memory of each autograd path relative
@@ -30,8 +34,10 @@ one epoch over scikit-learn's digits with ``engine.sgd_step`` against ``MLPClass
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -300,6 +306,18 @@ def bench_config(
     }
 
 
+def run_config(
+    batch: int, width: int, depth: int, act: str, args: argparse.Namespace, dtype: torch.dtype
+) -> dict[str, Any]:
+    """:func:`bench_config` in a fresh process (unless ``--same-process``), so that no earlier
+    configuration's allocator state or compile cache affects this one's times."""
+    if args.same_process:
+        return bench_config(batch, width, depth, act, args, dtype)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(bench_config, batch, width, depth, act, args, dtype).result()
+
+
 def memory_config(act: str, depth: int, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
     """Saved-activation memory alone (cheap), for activations outside the timed grid."""
     torch.manual_seed(0)
@@ -386,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7, quick 3)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run every configuration in this process (default: each in a fresh one)",
+    )
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     # bf16 runs as autocast over float32 parameters (mixed precision), as users train with it.
@@ -415,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     rows = []
     for i, (b, w, d, a) in enumerate(grid):
-        row = bench_config(b, w, d, a, args, param_dtype)
+        row = run_config(b, w, d, a, args, param_dtype)
         rows.append(row)
         s, r = row["seconds"], row["ratio"]
         pct = {k: 100 * row["gflops"][k] / peak for k in ("fused", "engine")}
