@@ -29,10 +29,10 @@ from torch import Tensor
 
 from manual_bp import _activations as _act
 from manual_bp._function import (
+    _FLOATING,
     ManualFunction,
     autocast_cast,
     autocast_dtype,
-    autocast_enabled,
     check_floating,
     check_reduction,
     check_same,
@@ -68,6 +68,9 @@ __all__ = [
     "tanh",
 ]
 
+
+_autocast_on = torch._C._is_any_autocast_enabled  # as autocast_enabled(), without the Python call
+_REDUCTIONS = ("mean", "sum", "none")
 
 # --------------------------------------------------------------------------------------------
 # Linear: FF x_{n+1} = y_n Wᵀ + b; BP2 (first half) δ_{n+1} W; BP3 δ_{n+1}ᵀ y_n and Σ δ_{n+1}
@@ -121,7 +124,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Under ``torch.autocast`` the inputs are cast like the native ``linear`` (float64 untouched)
     and gradients flow back in each parameter's own dtype.
     """
-    if not autocast_enabled() and _linear_args_ok(input, weight, bias):
+    if not _autocast_on() and _linear_args_ok(input, weight, bias):
         return LinearFunction.apply(input, weight, bias)  # the common case, checked cheaply
     _check_linear(input, weight, bias)
     cast = autocast_dtype(input)
@@ -134,28 +137,23 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def _linear_args_ok(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """One cheap test that the arguments need no cast and would pass every check of ``_check_linear``."""
+    """One cheap test that the arguments need no cast and would pass every check of ``_check_linear``
+    (dtypes are singletons, so ``is`` compares them; a 0-d input fails on ``shape[-1]``)."""
     try:
-        return _linear_args_match(input, weight, bias)
-    except AttributeError:  # not tensors: let _check_linear say so
-        return False
-
-
-def _linear_args_match(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    return (
-        input.is_floating_point()
-        and input.dtype == weight.dtype
-        and input.device == weight.device
-        and input.ndim > 0
-        and weight.ndim == 2
-        and input.shape[-1] == weight.shape[1]
-        and (
-            bias is None
-            or (
-                bias.dtype == weight.dtype and bias.device == weight.device and bias.shape == weight.shape[:1]
+        dtype = weight.dtype
+        return (
+            input.dtype is dtype
+            and dtype in _FLOATING
+            and weight.ndim == 2
+            and input.shape[-1] == weight.shape[1]
+            and input.device == weight.device
+            and (
+                bias is None
+                or (bias.dtype is dtype and bias.shape == weight.shape[:1] and bias.device == weight.device)
             )
         )
-    )
+    except (AttributeError, IndexError):  # not tensors, or a 0-d input: let _check_linear say so
+        return False
 
 
 def _check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -352,7 +350,8 @@ def _mode() -> int:
 
 
 def _activation_input(input: Tensor) -> None:
-    check_floating("input", input)
+    if not (isinstance(input, Tensor) and input.dtype in _FLOATING):
+        check_floating("input", input)  # raises, naming what came
 
 
 def sigmoid(input: Tensor) -> Tensor:
@@ -471,6 +470,18 @@ def half_squared_error(input: Tensor, target: Tensor, reduction: str = "mean") -
     scalar (``'mean'`` averages over samples, ``'sum'`` adds them). Under autocast it runs in
     float32, like ``mse_loss``.
     """
+    if (  # the common case in one cheap test: same-shape floating tensors, no autocast
+        isinstance(input, Tensor)
+        and isinstance(target, Tensor)
+        and input.dtype is target.dtype
+        and input.dtype in _FLOATING
+        and input.shape == target.shape
+        and input.ndim
+        and reduction in _REDUCTIONS
+        and not _autocast_on()
+        and input.device == target.device
+    ):
+        return HalfSquaredErrorFunction.apply(input, target, reduction)
     check_floating("input", input)
     check_floating("target", target)
     check_reduction(reduction)
