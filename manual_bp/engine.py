@@ -299,9 +299,12 @@ def sgd_epoch(
         if distributed:
             return torch.stack(losses).mean()
         # the raw sums, scaled as sgd_step would scale each, averaged over batches: one dot
+        # (in float32 at least: in float16 the per-batch scales of a long epoch would be subnormal)
         factor = _LOSS_FACTOR[loss] / len(losses)
         scales = [factor / b.shape[0] if reduction == "mean" else factor for b in y_batches]
-        return torch.dot(torch.stack(losses), torch.tensor(scales, dtype=y0.dtype, device=y0.device))
+        acc = torch.promote_types(y0.dtype, torch.float32)
+        total = torch.dot(torch.stack(losses).to(acc), torch.tensor(scales, dtype=acc, device=y0.device))
+        return total.to(y0.dtype)
 
 
 def _distributed() -> bool:
