@@ -331,7 +331,6 @@ def test_sgd_epoch_is_sgd_step_over_the_batches(loss: str, shuffle: bool, reduct
         assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
-
 def test_sgd_epoch_loss_in_float16_keeps_the_per_batch_scales_exact() -> None:
     # 30000 batches of one row: each batch's 'mean' scale 0.5 / 1 / 30000 is subnormal in float16
     # (rounded by 0.14 %), so scaling in float16 returned 0.5005; every batch's loss here is
@@ -347,6 +346,7 @@ def test_sgd_epoch_loss_in_float16_keeps_the_per_batch_scales_exact() -> None:
     assert loss.dtype == torch.float16
     assert loss.item() == 0.5
     assert net.layers[0].weight.abs().max().item() == 0.0  # the premise: nothing moved
+
 
 @pytest.mark.parametrize("batch_size", [0, -2, 2.5, True])
 def test_sgd_epoch_rejects_a_bad_batch_size(net: manual_bp.MLP, batch_size: object) -> None:
