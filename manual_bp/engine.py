@@ -175,12 +175,10 @@ def _loss_and_grad(
         total.mul_(-1.0 if loss_scale is None else -loss_scale)
         g.mul_(target.sum(-1, keepdim=True)).sub_(target)  # p Σq − q
     else:  # class indices: c_i = −log p_{i t_i}
-        rows = y.shape[0]
-        mean = loss_scale is not None and loss_scale * rows == 1.0  # nll_loss averages itself: one op less
-        total = F.nll_loss(log_p, target, reduction="mean" if mean else "sum")  # Σ_i −log p_{i t_i}
-        if not mean and loss_scale is not None and loss_scale != 1.0:
+        total = F.nll_loss(log_p, target, reduction="sum")  # Σ_i −log p_{i t_i}
+        if loss_scale is not None and loss_scale != 1.0:
             total.mul_(loss_scale)
-        g.scatter_add_(-1, target.unsqueeze(-1), _minus_ones(rows, g.dtype, g.device))  # p − onehot(t)
+        g.scatter_add_(-1, target.unsqueeze(-1), _minus_ones(y.shape[0], g.dtype, g.device))  # p − onehot(t)
     if grad_scale != 1.0:
         g.mul_(grad_scale)
     return total, g
@@ -291,7 +289,7 @@ def sgd_epoch(
             y_batches += (y0[rows:],) * (batches - len(y_batches))
             t_batches += (target[rows:],) * (batches - len(t_batches))
         losses = [
-            _step(params, acts, y_b, t_b, lr, loss, reduction, distributed, raw=not distributed)
+            _step(params, acts, y_b, t_b, lr, loss, reduction, distributed, raw=True)
             for y_b, t_b in zip(y_batches, t_batches, strict=True)
         ]
         if not losses:
@@ -324,7 +322,8 @@ def _step(
 ) -> Tensor:
     """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()``.
 
-    ``raw=True`` (not distributed) returns the loss unscaled, as ``_loss_and_grad(loss_scale=None)``.
+    ``raw=True`` returns the loss unscaled, as ``_loss_and_grad(loss_scale=None)`` (ignored under
+    ``torch.distributed``, where the step returns the global loss).
     """
     depth = len(acts)
     step = len(params) // depth

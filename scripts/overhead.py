@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-import manual_bp  # noqa: F401  (the package under test; its Function base class below)
 from manual_bp._function import ManualFunction
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (scripts/bench.py: the same step and the same interleaved timing)
 
 
