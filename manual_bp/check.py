@@ -334,6 +334,63 @@ def _mlp_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
     return out
 
 
+def _manual_mlp_loss(
+    input: Tensor,
+    target: Tensor,
+    *params: Tensor,
+    activation: str,
+    output_activation: str | None,
+    bias: bool,
+    reduction: str,
+) -> Tensor:
+    from manual_bp.mlp import mlp_loss
+
+    weights, biases = (params[0::2], params[1::2]) if bias else (params, None)
+    return mlp_loss(
+        input,
+        target,
+        list(weights),
+        None if biases is None else list(biases),
+        activation,
+        output_activation,
+        reduction,
+    )
+
+
+def _native_mlp_loss(
+    input: Tensor,
+    target: Tensor,
+    *params: Tensor,
+    activation: str,
+    output_activation: str | None,
+    bias: bool,
+    reduction: str,
+) -> Tensor:
+    out = _native_mlp(input, *params, activation=activation, output_activation=output_activation, bias=bias)
+    return _native_hse(out, target, reduction)
+
+
+def _mlp_loss_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
+    """The networks of ``_mlp_samples`` with a target and each reduction (the error inside the Function)."""
+    out = []
+    for i, net in enumerate(_mlp_samples(dtype, device)):
+        reduction = ("mean", "sum", "none")[(i + i // 6) % 3]  # each batch shape meets each reduction
+        input, *params = net.args
+        target = _t((*input.shape[:-1], 2), dtype, device)
+        if not input.is_contiguous():
+            target = _noncontig(tuple(target.shape), dtype, device)
+        nan = reduction == "mean" and input.shape[:-1].numel() == 0
+        out.append(
+            Sample(
+                (input, target, *params),
+                {**net.kwargs, "reduction": reduction},
+                f"{net.label}, {reduction}",
+                finite=not nan,
+            )
+        )
+    return out
+
+
 #: The suite: one entry per op (and op setting). To add an op, append one ``OpSpec``.
 OPS: list[OpSpec] = [
     OpSpec("linear", MF.linear, F.linear, _linear_samples),
@@ -363,6 +420,8 @@ OPS: list[OpSpec] = [
     OpSpec("cross_entropy", MF.cross_entropy, F.cross_entropy, _ce_samples),
     # the fused network (manual_bp.mlp.MLPFunction: the seed's whole BP1-BP2-BP3 loop in one backward)
     OpSpec("mlp", _manual_mlp, _native_mlp, _mlp_samples),
+    # the network and its error as one Function (manual_bp.mlp.MLPLossFunction: BP1 inside)
+    OpSpec("mlp_loss", _manual_mlp_loss, _native_mlp_loss, _mlp_loss_samples),
 ]
 
 

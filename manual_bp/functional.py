@@ -38,12 +38,13 @@ from manual_bp._function import (
     check_same,
 )
 
-if TYPE_CHECKING:  # at run time these two load lazily, see __getattr__ at the end
-    from manual_bp.mlp import MLPFunction, mlp
+if TYPE_CHECKING:  # at run time these load lazily, see __getattr__ at the end
+    from manual_bp.mlp import MLPFunction, MLPLossFunction, mlp, mlp_loss
 
 __all__ = [
     "CrossEntropyFunction",
     "MLPFunction",
+    "MLPLossFunction",
     "ELUFunction",
     "GELUFunction",
     "HalfSquaredErrorFunction",
@@ -61,6 +62,7 @@ __all__ = [
     "leaky_relu",
     "linear",
     "mlp",
+    "mlp_loss",
     "relu",
     "sigmoid",
     "silu",
@@ -677,9 +679,9 @@ def cross_entropy(
 
 
 def __getattr__(name: str) -> Any:
-    """``mlp`` and ``MLPFunction`` (the fused network) live in :mod:`manual_bp.mlp`, which imports
-    this module; they are loaded on first access."""
-    if name in ("mlp", "MLPFunction"):
+    """``mlp``, ``mlp_loss`` and their Functions (the fused network) live in :mod:`manual_bp.mlp`,
+    which imports this module; they are loaded on first access."""
+    if name in ("mlp", "mlp_loss", "MLPFunction", "MLPLossFunction"):
         from manual_bp import mlp as _mlp_module
 
         return getattr(_mlp_module, name)

@@ -27,10 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from manual_bp._activations import FRESH, GRAPH, OWNED, Activation, get_activation
-from manual_bp._function import ManualFunction, autocast_cast, autocast_dtype, check_floating, check_same
+from manual_bp._function import (
+    ManualFunction,
+    autocast_cast,
+    autocast_dtype,
+    check_floating,
+    check_reduction,
+    check_same,
+)
+from manual_bp.functional import HalfSquaredErrorFunction, _scale, half_squared_error
 from manual_bp.modules import Linear
 
-__all__ = ["MLP", "MLPFunction", "mlp"]
+__all__ = ["MLP", "MLPFunction", "MLPLossFunction", "mlp", "mlp_loss"]
 
 _Y, _X = 1, 2  # what a layer saves for backward: its output y_{n+1}, or its pre-activation x_{n+1}
 
@@ -121,56 +129,133 @@ class MLPFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
-        net: _Net = ctx.net
-        depth, step, plan, acts, extra, pos = net.depth, net.step, net.plan, net.acts, net.extra, net.pos
-        saved = ctx.saved_tensors  # (input, W_0, …, W_{N−1}, outputs[1:], [y_N])
-        needs = ctx.needs_input_grad
-        grads: list[Tensor | None] = [None] * (step * depth)
-        grad_input = None
-        # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
-        fast = not torch.is_grad_enabled()
-        # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
-        lowest = 0
-        if not needs[0]:
-            while lowest < depth and not any(needs[2 + step * lowest : 2 + step * (lowest + 1)]):
-                lowest += 1
-        g = grads_out[0]  # ∂c/∂y_N, then ∂c/∂y_n going down
-        owned = False
-        for n in range(depth - 1, lowest - 1, -1):
-            k = extra[n]
-            g_extra = grads_out[k] if k > 0 else None  # y_{n+1} or x_{n+1} is an output too
-            if g_extra is not None and plan[n] == _Y:  # add its grad to ∂c/∂y_{n+1}
-                if g is None:
-                    g, owned = g_extra, False
-                else:
-                    g, owned = (g.add_(g_extra) if owned and fast else g + g_extra), True
-            if g is None:  # nothing flows into this layer from above
-                delta = None
-            elif k < 0:  # identity output: δ_N = g
-                delta = g
-            else:  # BP1 (n = N−1) / BP2: δ_{n+1} = g ⊙ f′(x_{n+1})
-                delta = acts[n].backward(g, saved[pos[n]], (OWNED if owned else FRESH) if fast else GRAPH)
-            if g_extra is not None and plan[n] == _X:
-                delta = g_extra if delta is None else delta + g_extra
-            if delta is None:
-                g, owned = None, False
-                continue
-            if n == 0:
-                y_prev = saved[0]
-            elif plan[n - 1] == _Y:
-                y_prev = saved[pos[n - 1]]
-            else:
-                y_prev = acts[n - 1].forward(saved[pos[n - 1]])  # recompute y_n = f(x_n)
-            i = step * n
-            if needs[2 + i]:
-                grads[i] = delta.t().mm(y_prev)  # BP3: ∂c/∂W_n = δᵀ y_n; (D_{n+1}, M) @ (M, D_n)
-            if step == 2 and needs[3 + i]:
-                grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
-            if n > lowest:
-                g, owned = delta.mm(saved[1 + n]), True  # BP2, linear half: δ_{n+1} W_n; (M, D_n)
-            elif n == 0 and needs[0]:
-                grad_input = delta.mm(saved[1])  # ∂c/∂y_0 = δ_1 W_0
+        grad_input, grads = _backprop(ctx.net, ctx.saved_tensors, ctx.needs_input_grad, grads_out, False)
         return (grad_input, None, *grads)
+
+
+def _backprop(
+    net: _Net,
+    saved: tuple[Tensor, ...],
+    needs: Sequence[bool],
+    grads_out: Sequence[Tensor | None],
+    owned: bool,
+) -> tuple[Tensor | None, list[Tensor | None]]:
+    """BP1, BP2 and BP3 for every layer: the body of :meth:`MLPFunction.backward`.
+
+    ``saved`` is ``(input, W_0, …, W_{N−1}, outputs[1:], [y_N])`` (see :class:`_Net`); ``needs``
+    is laid out like ``MLPFunction``'s inputs (``needs[0]`` the input, ``needs[2 + i]`` parameter
+    ``i``); ``grads_out`` is ``(∂c/∂y_N, *grads of the extra outputs)``; ``owned`` says whether
+    ``∂c/∂y_N`` is a temporary the caller hands over (it may then be overwritten). Returns the
+    input's gradient and the parameters' (``None`` where not needed).
+    """
+    depth, step, plan, acts, extra, pos = net.depth, net.step, net.plan, net.acts, net.extra, net.pos
+    grads: list[Tensor | None] = [None] * (step * depth)
+    grad_input = None
+    # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
+    fast = not torch.is_grad_enabled()
+    # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
+    lowest = 0
+    if not needs[0]:
+        while lowest < depth and not any(needs[2 + step * lowest : 2 + step * (lowest + 1)]):
+            lowest += 1
+    g = grads_out[0]  # ∂c/∂y_N, then ∂c/∂y_n going down
+    for n in range(depth - 1, lowest - 1, -1):
+        k = extra[n]
+        g_extra = grads_out[k] if k > 0 else None  # y_{n+1} or x_{n+1} is an output too
+        if g_extra is not None and plan[n] == _Y:  # add its grad to ∂c/∂y_{n+1}
+            if g is None:
+                g, owned = g_extra, False
+            else:
+                g, owned = (g.add_(g_extra) if owned and fast else g + g_extra), True
+        if g is None:  # nothing flows into this layer from above
+            delta = None
+        elif k < 0:  # identity output: δ_N = g
+            delta = g
+        else:  # BP1 (n = N−1) / BP2: δ_{n+1} = g ⊙ f′(x_{n+1})
+            delta = acts[n].backward(g, saved[pos[n]], (OWNED if owned else FRESH) if fast else GRAPH)
+        if g_extra is not None and plan[n] == _X:
+            delta = g_extra if delta is None else delta + g_extra
+        if delta is None:
+            g, owned = None, False
+            continue
+        if n == 0:
+            y_prev = saved[0]
+        elif plan[n - 1] == _Y:
+            y_prev = saved[pos[n - 1]]
+        else:
+            y_prev = acts[n - 1].forward(saved[pos[n - 1]])  # recompute y_n = f(x_n)
+        i = step * n
+        if needs[2 + i]:
+            grads[i] = delta.t().mm(y_prev)  # BP3: ∂c/∂W_n = δᵀ y_n; (D_{n+1}, M) @ (M, D_n)
+        if step == 2 and needs[3 + i]:
+            grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
+        if n > lowest:
+            g, owned = delta.mm(saved[1 + n]), True  # BP2, linear half: δ_{n+1} W_n; (M, D_n)
+        elif n == 0 and needs[0]:
+            grad_input = delta.mm(saved[1])  # ∂c/∂y_0 = δ_1 W_0
+    return grad_input, grads
+
+
+class MLPLossFunction(ManualFunction):
+    r"""The network and the seed's error as one Function: ``c = ½‖y_N − t‖²`` per sample, reduced.
+
+    ``apply(input, target, reduction, net, *params)``: ``input (M, D_0)``, ``target (M, D_N)``,
+    ``reduction`` ``'mean'``, ``'sum'`` or ``'none'``; ``net`` and ``params`` as for
+    :class:`MLPFunction`. Returns ``(loss, *saved, [y_N])``: the loss (a scalar, or ``(M,)`` for
+    ``'none'``), then :class:`MLPFunction`'s extra outputs, then ``y_N`` where the last layer keeps
+    its output (``f′`` from ``y``, or the identity). The backward starts with BP1 itself:
+
+    .. math::
+        \frac{\partial c}{\partial y_N} = s\,(y_N - t), \qquad
+        δ_N = s\,(y_N - t) ⊙ f'(x_N), \qquad
+        \frac{\partial c}{\partial t} = -s\,(y_N - t)
+
+    (``s`` the reduction's factor times the incoming gradient), then runs :class:`MLPFunction`'s
+    loop. The separate loss Function of ``half_squared_error(mlp(x), t)`` must keep ``y_N``; here a
+    last layer that keeps ``x_N`` (gelu, silu, softplus) recomputes ``y_N = f(x_N)`` instead, so the
+    network saves one tensor per layer and nothing more.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, target: Tensor, reduction: str, net: _Net, *params: Tensor) -> Any:
+        y, *saved = MLPFunction.forward(input, net, *params)  # FF
+        loss = HalfSquaredErrorFunction.forward(y, target, reduction)  # c = ½‖y_N − t‖², reduced
+        return (loss, *saved, y) if net.plan[-1] != _X else (loss, *saved)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        input, target, reduction, net, *params = inputs
+        keep_y = net.plan[-1] != _X
+        extras = output[1:-1] if keep_y else output[1:]
+        # MLPFunction's layout (input, W_0.., extras, [y_N]), then the target
+        ctx.save_for_backward(input, *params[:: net.step], *extras, *output[-1:][:keep_y], target)
+        ctx.net, ctx.reduction, ctx.keep_y = net, reduction, keep_y
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
+        net: _Net = ctx.net
+        saved = ctx.saved_tensors
+        target, saved = saved[-1], saved[:-1]
+        needs = ctx.needs_input_grad  # (input, target, reduction, net, *params)
+        if ctx.keep_y:
+            y, g_y, grads_out = saved[-1], grads_out[-1], grads_out[:-1]
+        else:
+            y, g_y = None, None
+        g = grad_target = None
+        if grad_loss is not None:
+            if y is None:
+                y = net.acts[-1].forward(saved[net.pos[-1]])  # recompute y_N = f(x_N)
+            scale = _scale(grad_loss, ctx.reduction, y.shape[0])
+            g = y - target  # BP1's first factor: y_N − t
+            g = g.mul_(scale) if not torch.is_grad_enabled() else g * scale
+            if needs[1]:
+                grad_target = -g  # ∂c/∂t = −(y_N − t)
+        if g_y is not None:  # y_N is an output too: its gradient joins ∂c/∂y_N
+            g = g_y if g is None else g + g_y
+        owned = g is not g_y  # a temporary of ours, not the incoming gradient
+        grad_input, grads = _backprop(net, saved, (needs[0], False, *needs[4:]), (g, *grads_out), owned)
+        return (grad_input, grad_target, None, None, *grads)
 
 
 def _check_params(
@@ -250,6 +335,63 @@ def mlp(
     if autocast_dtype(input) is None:
         check_same("input", input, "weights[0]", weights[0])
     return _run(input, _net(_activations(activation, output_activation, len(weights)), has_bias), params)
+
+
+def _run_loss(input: Tensor, target: Tensor, reduction: str, net: _Net, params: list[Tensor]) -> Tensor:
+    """Flatten to 2-D and apply :class:`MLPLossFunction`; under autocast, the network then the loss
+    (in float32, as ``half_squared_error`` runs there) as two Functions."""
+    if autocast_dtype(input) is not None:
+        return half_squared_error(_run(input, net, params), target, reduction)
+    lead = input.shape[:-1]
+    if input.dim() != 2:
+        input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1, target.shape[-1])
+    loss = MLPLossFunction.apply(input, target, reduction, net, *params)[0]
+    return loss.reshape(lead) if reduction == "none" and len(lead) != 1 else loss
+
+
+def _check_target(target: Any, input: Tensor, d_out: int) -> None:
+    """``target`` must be a floating tensor of the output's shape ``(*, D_N)``, dtype and device."""
+    check_floating("target", target)
+    out_shape = (*input.shape[:-1], d_out)
+    if target.shape != out_shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal the output shape {out_shape} (no broadcasting)"
+        )
+    if autocast_dtype(input) is None:  # (under autocast half_squared_error casts and checks)
+        check_same("target", target, "input", input)
+
+
+def mlp_loss(
+    input: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None] | None = None,
+    activation: Any = "sigmoid",
+    output_activation: Any = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """The seed's network and its error ``½‖y_N − t‖²`` per sample as one Function (:class:`MLPLossFunction`).
+
+    Equals ``half_squared_error(mlp(input, weights, biases, activation, output_activation), target,
+    reduction)`` and its gradients, with one autograd node instead of two and, where the output
+    activation's ``f′`` needs ``x_N``, one saved tensor less. Shape: ``input (*, D_0)``,
+    ``target (*, D_N)`` -> a scalar, or ``(*)`` for ``reduction='none'``.
+
+    >>> import torch
+    >>> w = [torch.randn(4, 3, requires_grad=True), torch.randn(2, 4, requires_grad=True)]
+    >>> mlp_loss(torch.randn(5, 3), torch.rand(5, 2), w, activation="gelu").grad_fn.name()
+    'MLPLossFunctionBackward'
+    """
+    check_floating("input", input)
+    if input.dim() == 0:
+        raise ValueError("mlp_loss expected input of shape (*, D_0), got a 0-d tensor")
+    check_reduction(reduction)
+    params, has_bias = _check_params(weights, biases, input.shape[-1])
+    if autocast_dtype(input) is None:
+        check_same("input", input, "weights[0]", weights[0])
+    _check_target(target, input, weights[-1].shape[0])
+    net = _net(_activations(activation, output_activation, len(weights)), has_bias)
+    return _run_loss(input, target, reduction, net, params)
 
 
 class MLP(nn.Module):
@@ -355,6 +497,38 @@ class MLP(nn.Module):
         return params
 
     def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        if not self.fused:
+            y = input
+            for layer, act in zip(self.layers, self.activations, strict=True):
+                y = act.functional(layer(y))  # FF through the per-layer Functions
+            return y
+        return _run(input, self._net, self._fused_params(input))
+
+    def loss(self, input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """The seed's error of the network's output: ``c = ½‖y_N − t‖²`` per sample, reduced.
+
+        Equals ``manual_bp.HalfSquaredError(reduction)(mlp(input), target)``, values and gradients.
+        With ``fused=True`` the network and the error are one Function (:class:`MLPLossFunction`,
+        whose backward starts at BP1): one autograd node for the whole step, and where the output
+        activation's ``f′`` needs ``x_N`` (gelu, silu, softplus) ``y_N`` is recomputed rather than
+        kept, so the step saves one tensor per layer. Shape: ``input (*, D_0)``,
+        ``target (*, D_N)`` -> a scalar, or ``(*)`` for ``reduction='none'``.
+
+        >>> import torch, manual_bp
+        >>> net = manual_bp.MLP([3, 5, 2])
+        >>> loss = net.loss(torch.randn(4, 3), torch.rand(4, 2))
+        >>> loss.shape, loss.grad_fn.name()
+        (torch.Size([]), 'MLPLossFunctionBackward')
+        """
+        self._check_input(input)
+        check_reduction(reduction)
+        _check_target(target, input, self.sizes[-1])
+        if not self.fused:
+            return half_squared_error(self(input), target, reduction)
+        return _run_loss(input, target, reduction, self._net, self._fused_params(input))
+
+    def _check_input(self, input: Any) -> None:
         if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
             check_floating("input", input)
             raise ValueError("MLP expected input of shape (*, D_0), got a 0-d tensor")
@@ -363,11 +537,9 @@ class MLP(nn.Module):
                 f"MLP expected input of shape (*, {self.sizes[0]}) (sizes[0]={self.sizes[0]}), "
                 f"got shape {tuple(input.shape)}"
             )
-        if not self.fused:
-            y = input
-            for layer, act in zip(self.layers, self.activations, strict=True):
-                y = act.functional(layer(y))  # FF through the per-layer Functions
-            return y
+
+    def _fused_params(self, input: Tensor) -> list[Tensor]:
+        """The fused Function's parameters, checked against ``input`` and the network's plan."""
         params = self.parameters_flat()
         weight = params[0]
         if input.device != weight.device or (input.dtype != weight.dtype and autocast_dtype(input) is None):
@@ -378,7 +550,7 @@ class MLP(nn.Module):
                 f"the MLP was built with bias={net.has_bias} in every layer, but its layers now hold "
                 f"{len(params)} parameters for {net.depth} layers"
             )
-        return _run(input, net, params)
+        return params
 
     def extra_repr(self) -> str:
         return (

@@ -12,7 +12,7 @@ from torch.testing import assert_close, make_tensor
 
 import manual_bp
 from manual_bp._activations import ACTIVATIONS, get_activation
-from manual_bp.mlp import MLPFunction, _net, mlp
+from manual_bp.mlp import MLPFunction, MLPLossFunction, _net, mlp, mlp_loss
 
 NAMES = list(ACTIVATIONS)
 F64 = torch.float64
@@ -468,3 +468,256 @@ def test_functional_mlp_errors() -> None:
         mlp(x, [])
     with pytest.raises(ValueError, match="known activations"):
         mlp(x, [w0, w1], activation="mish")
+
+
+# ----------------------------------------------------------------------------- MLP.loss (network + error)
+
+
+def native_hse(out: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The seed's ½‖y − t‖² per sample with native ops, reduced."""
+    per_sample = 0.5 * ((out - target) ** 2).sum(-1)
+    return {"mean": per_sample.mean, "sum": per_sample.sum, "none": lambda: per_sample}[reduction]()
+
+
+def loss_grads(
+    loss_fn: object, params: list[torch.Tensor], x: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The loss and its gradients with respect to the input, the target and ``params``."""
+    x = x.detach().requires_grad_(True)
+    t = t.detach().requires_grad_(True)
+    loss = loss_fn(x, t)  # type: ignore[operator]
+    weight = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
+    grads = torch.autograd.grad(loss, [x, t, *params], weight)
+    return (loss.detach(), *grads)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize(
+    "output_activation", [None, "identity", "gelu"], ids=["f-out", "lin-out", "gelu-out"]
+)
+@pytest.mark.parametrize("activation", NAMES)
+def test_loss_agrees_with_native(
+    activation: str, output_activation: str | None, bias: bool, reduction: str
+) -> None:
+    """``net.loss(x, t)`` (fused and per-layer) against the native twin and a native ½‖y − t‖²."""
+    torch.manual_seed(12)
+    net = manual_bp.MLP([5, 8, 7, 3], activation, output_activation, bias=bias, dtype=F64)
+    twin = native_twin(net)
+    x = make_tensor((6, 5), dtype=F64, device="cpu", low=-2, high=2)
+    t = make_tensor((6, 3), dtype=F64, device="cpu", low=-1, high=1)
+    want = loss_grads(lambda x, t: native_hse(twin(x), t, reduction), list(twin.parameters()), x, t)
+    for fused in (True, False):
+        net.fused = fused
+        got = loss_grads(lambda x, t: net.loss(x, t, reduction), list(net.parameters()), x, t)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape
+            assert_close(a, b)
+
+
+def test_loss_grad_fn_and_functional_form() -> None:
+    torch.manual_seed(13)
+    net = manual_bp.MLP([3, 4, 2], "silu", dtype=F64)
+    x, t = torch.randn(5, 3, dtype=F64), torch.rand(5, 2, dtype=F64)
+    loss = net.loss(x, t)
+    assert loss.grad_fn.name() == "MLPLossFunctionBackward"
+    weights = [layer.weight for layer in net.layers]
+    biases = [layer.bias for layer in net.layers]
+    assert_close(mlp_loss(x, t, weights, biases, "silu", reduction="mean"), loss, rtol=0, atol=0)
+    assert manual_bp.functional.mlp_loss is mlp_loss
+    assert manual_bp.functional.MLPLossFunction is MLPLossFunction
+    net.fused = False
+    assert net.loss(x, t).grad_fn.name() == "HalfSquaredErrorFunctionBackward"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_loss_leading_dims_and_empty_batches(shape: tuple[int, ...], reduction: str) -> None:
+    torch.manual_seed(14)
+    net = manual_bp.MLP([4, 5, 3], "gelu", dtype=F64)
+    twin = native_twin(net)
+    x = make_tensor(shape, dtype=F64, device="cpu")
+    t = make_tensor((*shape[:-1], 3), dtype=F64, device="cpu")
+    loss = net.loss(x, t, reduction)
+    assert loss.shape == (shape[:-1] if reduction == "none" else ())
+    want = loss_grads(lambda x, t: native_hse(twin(x), t, reduction), list(twin.parameters()), x, t)
+    got = loss_grads(lambda x, t: net.loss(x, t, reduction), list(net.parameters()), x, t)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, equal_nan=True)  # 'mean' of an empty batch is NaN (0/0), as natively
+
+
+def test_loss_non_contiguous_input_and_target() -> None:
+    torch.manual_seed(15)
+    net = manual_bp.MLP([4, 6, 3], "softplus")
+    twin = native_twin(net)
+    x = make_tensor((4, 7), dtype=torch.float32, device="cpu").t()
+    t = make_tensor((3, 7), dtype=torch.float32, device="cpu").t()
+    assert not x.is_contiguous() and not t.is_contiguous()
+    want = loss_grads(lambda x, t: native_hse(twin(x), t, "mean"), list(twin.parameters()), x, t)
+    got = loss_grads(lambda x, t: net.loss(x, t), list(net.parameters()), x, t)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+
+
+def test_loss_skips_gradients_nobody_needs() -> None:
+    torch.manual_seed(16)
+    net = manual_bp.MLP([3, 5, 4, 2], "tanh", dtype=F64)
+    twin = native_twin(net)
+    net.layers[0].requires_grad_(False)
+    twin[0].requires_grad_(False)
+    x, t = torch.randn(6, 3, dtype=F64), torch.rand(6, 2, dtype=F64)
+    net.loss(x, t).backward()
+    native_hse(twin(x), t, "mean").backward()
+    assert net.layers[0].weight.grad is None and net.layers[0].bias.grad is None
+    for mine, theirs in zip(net.parameters(), twin.parameters(), strict=True):
+        if theirs.grad is not None:
+            assert_close(mine.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "output_activation", [None, "identity", "gelu"], ids=["f-out", "linear-out", "gelu-out"]
+)
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "gelu", "silu", "leaky_relu(-0.1)"])
+def test_loss_gradcheck_and_gradgradcheck(
+    activation: str, output_activation: str | None, reduction: str
+) -> None:
+    """The raw Function, target and extra outputs included (their gradients enter BP1 and the recursion)."""
+    torch.manual_seed(17)
+    act = get_activation(_act(activation))
+    out_act = act if output_activation is None else get_activation(output_activation)
+    net = _net((act, act, out_act), True)
+    x = make_tensor((4, 3), dtype=F64, device="cpu", low=-2, high=2, requires_grad=True)
+    t = make_tensor((4, 2), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True)
+    sizes = [3, 4, 3, 2]
+    params = []
+    for d_in, d_out in zip(sizes, sizes[1:], strict=False):
+        params.append(make_tensor((d_out, d_in), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
+        params.append(make_tensor((d_out,), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
+
+    def every_output(x: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return MLPLossFunction.apply(x, t, reduction, net, *params)
+
+    def loss_only(x: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return MLPLossFunction.apply(x, t, reduction, net, *params)[0]
+
+    def all_at_once(x: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        """Every output in one scalar, so that gradients reach the loss and the extras together."""
+        loss, *extras = every_output(x, t, *params)
+        return loss.sum() + sum(
+            (e * torch.linspace(-1, 1, e.numel(), dtype=F64).view_as(e)).sum() for e in extras
+        )
+
+    assert gradcheck(every_output, (x, t, *params), fast_mode=True)
+    assert gradgradcheck(every_output, (x, t, *params), fast_mode=True)
+    assert gradcheck(loss_only, (x, t, *params))
+    assert gradgradcheck(loss_only, (x, t, *params))
+    assert gradcheck(all_at_once, (x, t, *params))
+
+
+def test_loss_vmap_grad_per_sample() -> None:
+    from torch.func import grad, vmap
+
+    torch.manual_seed(18)
+    w = [torch.randn(4, 3, dtype=F64), torch.randn(2, 4, dtype=F64)]
+    b = [torch.randn(4, dtype=F64), torch.randn(2, dtype=F64)]
+    x = make_tensor((5, 3), dtype=F64, device="cpu")
+    t = make_tensor((5, 2), dtype=F64, device="cpu")
+
+    def loss(params: list[torch.Tensor], xi: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
+        return mlp_loss(xi, ti, params[:2], params[2:], "gelu")
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))([*w, *b], x, t)
+    for i in range(5):
+        params = [p.clone().requires_grad_(True) for p in (*w, *b)]
+        twin = native_hse(mlp(x[i], params[:2], params[2:], "gelu"), t[i], "mean")
+        for got, want in zip(per_sample, torch.autograd.grad(twin, params), strict=True):
+            assert_close(got[i], want)
+
+
+def test_loss_torch_compile_fullgraph_gives_eager_gradients() -> None:
+    torch.manual_seed(19)
+    net = manual_bp.MLP([3, 4, 2], "gelu", output_activation="sigmoid", dtype=F64)
+    x = make_tensor((5, 3), dtype=F64, device="cpu")
+    t = make_tensor((5, 2), dtype=F64, device="cpu")
+    compiled = torch.compile(lambda x, t: net.loss(x, t), fullgraph=True)
+    got = loss_grads(compiled, list(net.parameters()), x, t)
+    want = loss_grads(lambda x, t: net.loss(x, t), list(net.parameters()), x, t)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
+
+
+def step_saved_bytes(run: object, held: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for one loss computation, ``held`` excluded."""
+    skip = {p.untyped_storage().data_ptr() for p in held}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()  # type: ignore[operator]
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+@pytest.mark.parametrize("activation", NAMES)
+def test_loss_saves_one_tensor_per_layer(activation: str, depth: int) -> None:
+    """``net.loss`` saves ``y_n`` or ``x_n`` per layer and nothing else: at most native's step, and
+    half of it where ``f′`` needs ``x`` (native keeps x_n for the activation and y_n for the next
+    Linear or the loss)."""
+    width, batch = 32, 16
+    net = manual_bp.MLP([width] * (depth + 1), activation)
+    twin = native_twin(net)
+    x, t = torch.randn(batch, width), torch.rand(batch, width)
+    held = [*net.parameters(), *twin.parameters(), x, t]
+    fused = step_saved_bytes(lambda: net.loss(x, t), held)
+    separate = step_saved_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
+    native = step_saved_bytes(lambda: native_hse(twin(x), t, "mean"), held)
+    one = batch * width * 4  # bytes of one (batch, width) float32 activation
+    assert fused == one * depth
+    assert fused <= separate <= native
+    if activation in ("gelu", "gelu_tanh", "silu", "softplus"):
+        assert native == one * 2 * depth
+        assert fused / native <= 0.6
+
+
+def test_loss_autocast_like_separate_loss() -> None:
+    torch.manual_seed(20)
+    net = manual_bp.MLP([4, 8, 3], "gelu")
+    x, t = torch.randn(5, 4), torch.rand(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net.loss(x, t)
+        want = manual_bp.HalfSquaredError()(net(x), t)
+    assert loss.dtype == want.dtype == torch.float32  # the error in float32, as mse_loss under autocast
+    assert_close(loss, want, rtol=0, atol=0)
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_loss_errors() -> None:
+    net = manual_bp.MLP([3, 4, 2])
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match=r"target shape \(5, 3\) must equal the output shape \(5, 2\)"):
+        net.loss(x, torch.rand(5, 3))
+    with pytest.raises(TypeError, match="target must be a floating-point tensor.*got dtype torch.int64"):
+        net.loss(x, torch.ones(5, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        net.loss(x, [[0.0, 1.0]] * 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="same dtype"):
+        net.loss(x, torch.rand(5, 2, dtype=F64))
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'avg'"):
+        net.loss(x, torch.rand(5, 2), "avg")
+    with pytest.raises(ValueError, match=r"input of shape \(\*, 3\).*got shape \(5, 4\)"):
+        net.loss(torch.randn(5, 4), torch.rand(5, 2))
+    w0, w1 = torch.randn(4, 3), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"target shape \(5, 4\) must equal the output shape \(5, 2\)"):
+        mlp_loss(x, torch.rand(5, 4), [w0, w1])
+    with pytest.raises(ValueError, match=r"weights\[1\] must have shape \(out_features, 4\)"):
+        mlp_loss(x, torch.rand(5, 2), [w0, torch.randn(2, 5)])
+    with pytest.raises(ValueError, match="0-d"):
+        mlp_loss(torch.tensor(1.0), torch.rand(2), [w0, w1])
