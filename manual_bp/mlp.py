@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from manual_bp._activations import FRESH, GRAPH, OWNED, Activation, get_activation
 from manual_bp._function import (
+    _FLOATING,
     ManualFunction,
     autocast_cast,
     autocast_dtype,
@@ -39,6 +40,9 @@ from manual_bp.functional import HalfSquaredErrorFunction, _scale, half_squared_
 from manual_bp.modules import Linear
 
 __all__ = ["MLP", "MLPFunction", "MLPLossFunction", "mlp", "mlp_loss"]
+
+_autocast_on = torch._C._is_any_autocast_enabled  # as autocast_enabled(), without the Python call
+_REDUCTIONS = ("mean", "sum", "none")
 
 _Y, _X = 1, 2  # what a layer saves for backward: its output y_{n+1}, or its pre-activation x_{n+1}
 
@@ -521,6 +525,26 @@ class MLP(nn.Module):
         >>> loss.shape, loss.grad_fn.name()
         (torch.Size([]), 'MLPLossFunctionBackward')
         """
+        if self.fused and not _autocast_on():  # the common case, checked in one cheap test
+            params = self.parameters_flat()
+            weight, net = params[0], self._net
+            try:
+                common = (
+                    input.ndim == 2
+                    and input.dtype is weight.dtype
+                    and target.dtype is weight.dtype
+                    and input.shape[1] == self.sizes[0]
+                    and target.shape == (input.shape[0], self.sizes[-1])
+                    and input.device == weight.device
+                    and target.device == weight.device
+                    and weight.dtype in _FLOATING
+                    and reduction in _REDUCTIONS
+                    and len(params) == net.step * net.depth
+                )
+            except AttributeError:  # not tensors: the checks below say what came
+                common = False
+            if common:
+                return MLPLossFunction.apply(input, target, reduction, net, *params)[0]
         self._check_input(input)
         check_reduction(reduction)
         _check_target(target, input, self.sizes[-1])
