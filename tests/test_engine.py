@@ -352,3 +352,24 @@ def test_sgd_epoch_loss_in_float16_keeps_the_per_batch_scales_exact() -> None:
 def test_sgd_epoch_rejects_a_bad_batch_size(net: manual_bp.MLP, batch_size: object) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         engine.sgd_epoch(net, torch.randn(4, net.sizes[0]), torch.rand(4, net.sizes[-1]), 0.1, batch_size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
+def test_results_and_parameters_are_ordinary_tensors(loss: str) -> None:
+    """The steps run in inference mode; what the caller gets (and keeps) must not be inference
+    tensors, so autograd can use them afterwards, and the caches work outside it too."""
+    torch.manual_seed(21)
+    net = manual_bp.MLP([3, 4, 2], output_activation="identity")
+    x = torch.randn(6, 3)
+    t = torch.randint(0, 2, (6,)) if loss == "cross_entropy" else torch.rand(6, 2)
+    step_loss = engine.sgd_step(net, x, t, 0.1, loss=loss)
+    epoch_loss = engine.sgd_epoch(net, x, t, 0.1, batch_size=4, loss=loss)
+    assert not step_loss.is_inference() and not epoch_loss.is_inference()
+    assert all(not p.is_inference() and p.requires_grad for p in net.parameters())
+    w = torch.tensor(2.0, requires_grad=True)
+    (step_loss * w + epoch_loss * w).backward()  # usable in a graph
+    assert_close(w.grad, step_loss + epoch_loss)
+    trace = engine.deltas(net, x, t, loss=loss)  # after steps in inference mode (shared caches)
+    assert not trace.loss.is_inference()
+    net(x).sum().backward()  # the parameters still train with autograd
+    assert all(p.grad is not None for p in net.parameters())
