@@ -33,6 +33,21 @@ class ManualFunction(torch.autograd.Function):
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def in_place_ok(grad: Tensor | None) -> bool:
+    """Whether a ``backward`` receiving ``grad`` may do arithmetic in place on its own temporaries.
+
+    Not while a graph is recorded (double backward needs the out-of-place, differentiable ops), and
+    not when ``grad`` is batched (``torch.func.vmap``, ``autograd.grad(..., is_grads_batched=True)``):
+    a temporary computed from saved tensors is not batched, and vmap cannot write a batched result
+    into an unbatched tensor.
+    """
+    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        return False
+    if grad is None or torch.compiler.is_compiling():  # (dynamo cannot trace the test below)
+        return True
+    return not torch._C._functorch.is_legacy_batchedtensor(grad)
+
+
 def check_floating(name: str, tensor: Tensor) -> None:
     """Raise a ``TypeError`` unless ``tensor`` is a Tensor of a supported floating dtype."""
     if not isinstance(tensor, Tensor):

@@ -36,6 +36,7 @@ from manual_bp._function import (
     check_floating,
     check_reduction,
     check_same,
+    in_place_ok,
 )
 
 if TYPE_CHECKING:  # at run time these load lazily, see __getattr__ at the end
@@ -199,7 +200,7 @@ class SigmoidFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return _SIGMOID.backward(grad_output, y, _mode())  # ⊙ f′(x) = y (1 − y)
+        return _SIGMOID.backward(grad_output, y, _mode(grad_output))  # ⊙ f′(x) = y (1 − y)
 
 
 class TanhFunction(ManualFunction):
@@ -216,7 +217,7 @@ class TanhFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return _TANH.backward(grad_output, y, _mode())  # ⊙ f′(x) = 1 − y²
+        return _TANH.backward(grad_output, y, _mode(grad_output))  # ⊙ f′(x) = 1 − y²
 
 
 class ReLUFunction(ManualFunction):
@@ -233,7 +234,7 @@ class ReLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return _RELU.backward(grad_output, y, _mode())  # ⊙ f′(x) = [x > 0] = [y > 0]
+        return _RELU.backward(grad_output, y, _mode(grad_output))  # ⊙ f′(x) = [x > 0] = [y > 0]
 
 
 class LeakyReLUFunction(ManualFunction):
@@ -256,7 +257,7 @@ class LeakyReLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors  # y if s ≥ 0 else x; either way [saved > 0] = [x > 0]
-        return ctx.act.backward(grad_output, saved, _mode()), None  # ⊙ f′(x) = 1 or s
+        return ctx.act.backward(grad_output, saved, _mode(grad_output)), None  # ⊙ f′(x) = 1 or s
 
 
 class ELUFunction(ManualFunction):
@@ -278,7 +279,7 @@ class ELUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors
-        return ctx.act.backward(grad_output, saved, _mode()), None  # ⊙ f′(x) = 1 or y + α
+        return ctx.act.backward(grad_output, saved, _mode(grad_output)), None  # ⊙ f′(x) = 1 or y + α
 
 
 class SoftplusFunction(ManualFunction):
@@ -297,7 +298,7 @@ class SoftplusFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return ctx.act.backward(grad_output, x, _mode()), None, None  # ⊙ f′(x) = σ(βx)
+        return ctx.act.backward(grad_output, x, _mode(grad_output)), None, None  # ⊙ f′(x) = σ(βx)
 
 
 class GELUFunction(ManualFunction):
@@ -322,7 +323,7 @@ class GELUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return ctx.act.backward(grad_output, x, _mode()), None  # ⊙ f′(x) = Φ(x) + x φ(x)
+        return ctx.act.backward(grad_output, x, _mode(grad_output)), None  # ⊙ f′(x) = Φ(x) + x φ(x)
 
 
 class SiLUFunction(ManualFunction):
@@ -339,16 +340,16 @@ class SiLUFunction(ManualFunction):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return _SILU.backward(grad_output, x, _mode())  # ⊙ f′(x) = σ(x) (1 + x (1 − σ(x)))
+        return _SILU.backward(grad_output, x, _mode(grad_output))  # ⊙ f′(x) = σ(x) (1 + x (1 − σ(x)))
 
 
 _SIGMOID, _TANH, _RELU, _SILU = _act.Sigmoid(), _act.Tanh(), _act.ReLU(), _act.SiLU()
 _GELU = {"none": _act.GELU("none"), "tanh": _act.GELU("tanh")}
 
 
-def _mode() -> int:
-    """Differentiable ops while a graph is recorded (double backward), in-place ones otherwise."""
-    return _act.GRAPH if torch.is_grad_enabled() else _act.FRESH
+def _mode(grad: Tensor) -> int:
+    """In-place ops on temporaries where :func:`in_place_ok`, differentiable out-of-place ones otherwise."""
+    return _act.FRESH if in_place_ok(grad) else _act.GRAPH
 
 
 def _activation_input(input: Tensor) -> None:
@@ -459,7 +460,7 @@ class HalfSquaredErrorFunction(ManualFunction):
         input, target = ctx.saved_tensors
         scale = _scale(grad_output, ctx.reduction, math.prod(input.shape[:-1]))
         diff = input - target  # BP1's first factor: y − t
-        grad = diff * scale if torch.is_grad_enabled() else diff.mul_(scale)
+        grad = diff.mul_(scale) if in_place_ok(grad_output) else diff * scale
         grad_input = grad if ctx.needs_input_grad[0] else None
         grad_target = -grad if ctx.needs_input_grad[1] else None
         return grad_input, grad_target, None

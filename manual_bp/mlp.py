@@ -35,6 +35,7 @@ from manual_bp._function import (
     check_floating,
     check_reduction,
     check_same,
+    in_place_ok,
 )
 from manual_bp.functional import HalfSquaredErrorFunction, _scale, half_squared_error
 from manual_bp.modules import Linear
@@ -53,8 +54,10 @@ class _Net:
     ``plan[n]`` says what layer ``n`` saves: ``y_{n+1}`` where ``f′`` is a function of it (it
     also serves BP3 of the next layer), else ``x_{n+1}``, from which backward recomputes
     ``y_{n+1} = f(x_{n+1})``; the output layer saves nothing when its ``f`` is the identity
-    (no formula needs ``y_N`` then). ``extra[n]`` is the position among the Function's outputs
-    of what layer ``n`` saves (0 for ``y_N``, the network output itself).
+    (no formula needs ``y_N`` then). ``extra[n]`` is the position among :class:`MLPFunction`'s
+    outputs of what layer ``n`` saves (0 for ``y_N``, the network output itself).
+    :class:`MLPLossFunction` returns the loss first and ``y_N`` (where kept) last, and hands
+    :func:`_backprop` its outputs' gradients rearranged into this layout.
     """
 
     __slots__ = ("acts", "depth", "extra", "has_bias", "plan", "pos", "step")
@@ -156,7 +159,7 @@ def _backprop(
     grads: list[Tensor | None] = [None] * (step * depth)
     grad_input = None
     # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
-    fast = not torch.is_grad_enabled()
+    fast = in_place_ok(next((g for g in grads_out if g is not None), None))
     # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
     lowest = 0
     if not needs[0]:
@@ -252,7 +255,7 @@ class MLPLossFunction(ManualFunction):
                 y = net.acts[-1].forward(saved[net.pos[-1]])  # recompute y_N = f(x_N)
             scale = _scale(grad_loss, ctx.reduction, y.shape[0])
             g = y - target  # BP1's first factor: y_N − t
-            g = g.mul_(scale) if not torch.is_grad_enabled() else g * scale
+            g = g.mul_(scale) if in_place_ok(grad_loss) else g * scale
             if needs[1]:
                 grad_target = -g  # ∂c/∂t = −(y_N − t)
         if g_y is not None:  # y_N is an output too: its gradient joins ∂c/∂y_N

@@ -240,3 +240,47 @@ def test_vmap_of_linear_over_weights() -> None:
     g = vmap(grad(lambda w, b: MF.linear(x, w, b).square().sum(), argnums=(0, 1)))(ws, bs)
     r = vmap(grad(lambda w, b: F.linear(x, w, b).square().sum(), argnums=(0, 1)))(ws, bs)
     torch.testing.assert_close(g, r)
+
+
+# ------------------------------------------------------------------------------------------------
+# batched grad_outputs: autograd.grad(..., is_grads_batched=True) vmaps every backward
+# ------------------------------------------------------------------------------------------------
+
+
+def _batched_cases() -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
+    """Manual and native forms of each op as functions of one input ``(4, D_IN)``."""
+    w = sample((D_OUT, D_IN))
+    t = sample((4, D_IN))
+    labels = torch.tensor([0, 1, 2, 0])
+    cases: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+        "linear": (lambda x: MF.linear(x, w), lambda x: F.linear(x, w)),
+        "half_squared_error": (
+            lambda x: MF.half_squared_error(x, t, "none"),
+            lambda x: half_squared_error_native(x, t, "none"),
+        ),
+        "cross_entropy": (
+            lambda x: MF.cross_entropy(x, labels, reduction="none"),
+            lambda x: F.cross_entropy(x, labels, reduction="none"),
+        ),
+        "mlp": (lambda x: MF.mlp(x, [w], activation="relu"), lambda x: torch.relu(F.linear(x, w))),
+        "mlp_loss": (
+            lambda x: MF.mlp_loss(x, t[:, :D_OUT], [w], activation="softplus", reduction="none"),
+            lambda x: half_squared_error_native(F.softplus(F.linear(x, w)), t[:, :D_OUT], "none"),
+        ),
+    }
+    for act in ACTIVATIONS:
+        cases[act.id] = (act.manual, act.native)
+    return cases
+
+
+@pytest.mark.parametrize("op", list(_batched_cases()))
+def test_batched_grad_outputs(op: str) -> None:
+    """A backward that works in place on its temporaries must not do so on batched gradients."""
+    manual, native = _batched_cases()[op]
+    act = next((a for a in ACTIVATIONS if a.id == op), None)
+    x = sample((4, D_IN), away_from=act.away_from if act else ()).requires_grad_(True)
+    out = manual(x)
+    vs = sample((3, *out.shape))
+    (got,) = torch.autograd.grad(out, x, vs, is_grads_batched=True)
+    (want,) = torch.autograd.grad(native(x), x, vs, is_grads_batched=True)
+    torch.testing.assert_close(got, want)
