@@ -190,14 +190,18 @@ def _activation_input(act: Activation, x: Tensor | None, y: Tensor) -> Tensor:
 
 @lru_cache(maxsize=16)
 def _minus_ones(rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A column of −1s: scattered onto ``p`` at the targets it gives ``p − onehot(t)`` (never written)."""
-    return torch.full((rows, 1), -1.0, dtype=dtype, device=device)
+    """A column of −1s: scattered onto ``p`` at the targets it gives ``p − onehot(t)`` (never written).
+    An ordinary tensor even when first asked for in inference mode (the cache outlives the step)."""
+    with torch.inference_mode(False):
+        return torch.full((rows, 1), -1.0, dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=16)
 def _ones(rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A column of ones: ``δᵀ 1`` is BP3's bias gradient ``Σ_rows δ`` as one matrix-vector product."""
-    return torch.ones(rows, dtype=dtype, device=device)
+    """A column of ones: ``δᵀ 1`` is BP3's bias gradient ``Σ_rows δ`` as one matrix-vector product
+    (an ordinary tensor, as :func:`_minus_ones`)."""
+    with torch.inference_mode(False):
+        return torch.ones(rows, dtype=dtype, device=device)
 
 
 def sgd_step(
@@ -317,10 +321,12 @@ def sgd_epoch(
 
 
 def _no_graph() -> torch.inference_mode:
-    """The single-process steps run in inference mode: like ``no_grad``, and without version-counter
-    and view bookkeeping (about 10 % of a small step here). The parameters stay ordinary tensors
-    (updating them in place is allowed there); only the raw losses are inference tensors, and the
-    callers scale them outside it."""
+    """The single-process steps run in inference mode: like ``no_grad``, with less bookkeeping for
+    the tensors created inside (no version counters or view tracking for them; about 10 % of a
+    small step here). The parameters stay ordinary tensors: their in-place updates still bump their
+    version counters, so a graph recorded earlier that saved them refuses to run backward. The
+    tensors made inside are inference tensors; the callers scale the raw losses outside it, so what
+    they return is ordinary, and the cached constants are made outside it."""
     return torch.inference_mode()
 
 
@@ -339,7 +345,8 @@ def _step(
     distributed: bool,
     raw: bool = False,
 ) -> Tensor:
-    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()``.
+    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()`` or
+    inference mode (:func:`_no_graph`).
 
     ``raw=True`` returns the loss unscaled, as ``_loss_and_grad(loss_scale=None)`` (ignored under
     ``torch.distributed``, where the step returns the global loss).

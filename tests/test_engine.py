@@ -355,21 +355,38 @@ def test_sgd_epoch_rejects_a_bad_batch_size(net: manual_bp.MLP, batch_size: obje
 
 
 @pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
-def test_results_and_parameters_are_ordinary_tensors(loss: str) -> None:
-    """The steps run in inference mode; what the caller gets (and keeps) must not be inference
-    tensors, so autograd can use them afterwards, and the caches work outside it too."""
+def test_results_are_ordinary_tensors(loss: str) -> None:
+    """The steps run in inference mode; the losses the caller gets must not be inference tensors
+    (autograd can use them afterwards), and the caches built there serve ``deltas`` after it."""
     torch.manual_seed(21)
+    engine._ones.cache_clear()  # so that the steps below make them
+    engine._minus_ones.cache_clear()
     net = manual_bp.MLP([3, 4, 2], output_activation="identity")
     x = torch.randn(6, 3)
     t = torch.randint(0, 2, (6,)) if loss == "cross_entropy" else torch.rand(6, 2)
     step_loss = engine.sgd_step(net, x, t, 0.1, loss=loss)
     epoch_loss = engine.sgd_epoch(net, x, t, 0.1, batch_size=4, loss=loss)
     assert not step_loss.is_inference() and not epoch_loss.is_inference()
-    assert all(not p.is_inference() and p.requires_grad for p in net.parameters())
     w = torch.tensor(2.0, requires_grad=True)
     (step_loss * w + epoch_loss * w).backward()  # usable in a graph
     assert_close(w.grad, step_loss + epoch_loss)
-    trace = engine.deltas(net, x, t, loss=loss)  # after steps in inference mode (shared caches)
-    assert not trace.loss.is_inference()
-    net(x).sum().backward()  # the parameters still train with autograd
-    assert all(p.grad is not None for p in net.parameters())
+    # the cached constants were first made during those steps, in inference mode: still ordinary
+    assert not engine._ones(4, torch.float32, x.device).is_inference()
+    assert not engine._minus_ones(4, torch.float32, x.device).is_inference()
+    trace = engine.deltas(net, torch.randn(4, 3), t[:4], loss=loss)
+    assert torch.isfinite(trace.loss)
+
+
+@pytest.mark.parametrize("step", ["sgd_step", "sgd_epoch"])
+def test_updates_bump_the_version_of_saved_weights(step: str) -> None:
+    """A graph recorded before a step saved the weights: backward through it afterwards must raise
+    (the in-place update is seen), as after an in-place update under no_grad."""
+    net = manual_bp.MLP([3, 4, 2])
+    x, t = torch.randn(5, 3), torch.rand(5, 2)
+    out = net(x)  # saves W_1 for backward
+    if step == "sgd_step":
+        engine.sgd_step(net, x, t, 0.1)
+    else:
+        engine.sgd_epoch(net, x, t, 0.1, batch_size=2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

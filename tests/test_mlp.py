@@ -579,22 +579,24 @@ def test_loss_skips_gradients_nobody_needs() -> None:
 @pytest.mark.parametrize(
     "output_activation", [None, "identity", "gelu"], ids=["f-out", "linear-out", "gelu-out"]
 )
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("activation", ["sigmoid", "relu", "gelu", "silu", "leaky_relu(-0.1)"])
 def test_loss_gradcheck_and_gradgradcheck(
-    activation: str, output_activation: str | None, reduction: str
+    activation: str, output_activation: str | None, reduction: str, bias: bool
 ) -> None:
     """The raw Function, target and extra outputs included (their gradients enter BP1 and the recursion)."""
     torch.manual_seed(17)
     act = get_activation(_act(activation))
     out_act = act if output_activation is None else get_activation(output_activation)
-    net = _net((act, act, out_act), True)
+    net = _net((act, act, out_act), bias)
     x = make_tensor((4, 3), dtype=F64, device="cpu", low=-2, high=2, requires_grad=True)
     t = make_tensor((4, 2), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True)
     sizes = [3, 4, 3, 2]
     params = []
     for d_in, d_out in zip(sizes, sizes[1:], strict=False):
         params.append(make_tensor((d_out, d_in), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
-        params.append(make_tensor((d_out,), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
+        if bias:
+            params.append(make_tensor((d_out,), dtype=F64, device="cpu", low=-1, high=1, requires_grad=True))
 
     def every_output(x: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return MLPLossFunction.apply(x, t, reduction, net, *params)
@@ -686,17 +688,43 @@ def test_loss_saves_one_tensor_per_layer(activation: str, depth: int) -> None:
         assert fused / native <= 0.6
 
 
-def test_loss_autocast_like_separate_loss() -> None:
+def test_loss_autocast_like_native() -> None:
+    """Under autocast the network runs in bfloat16 and the error in float32, as a native
+    ``nn.Sequential`` and a native ½‖y − t‖² on a float32 cast (what ``mse_loss`` does) would."""
     torch.manual_seed(20)
     net = manual_bp.MLP([4, 8, 3], "gelu")
+    twin = native_twin(net)
     x, t = torch.randn(5, 4), torch.rand(5, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = net.loss(x, t)
-        want = manual_bp.HalfSquaredError()(net(x), t)
-    assert loss.dtype == want.dtype == torch.float32  # the error in float32, as mse_loss under autocast
-    assert_close(loss, want, rtol=0, atol=0)
+        want = native_hse(twin(x).float(), t, "mean")
+    assert loss.dtype == want.dtype == torch.float32
+    assert_close(loss, want)
     loss.backward()
-    assert all(p.grad.dtype == torch.float32 for p in net.parameters())
+    want.backward()
+    # both backwards run in bfloat16 and round after different ops (the native kernels once, the
+    # explicit formulas after each of their few ops): 8 bfloat16 eps, as in test_transforms.py
+    tol = 8 * torch.finfo(torch.bfloat16).eps
+    for mine, theirs in zip(net.parameters(), twin.parameters(), strict=True):
+        assert mine.grad.dtype == torch.float32
+        assert_close(mine.grad, theirs.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loss_low_precision_close_to_float64(dtype: torch.dtype) -> None:
+    """As ``test_low_precision_close_to_float64``: compared with the float64 result at the dtype's
+    precision (a few units of its eps: float16 ≈ 1e-3, bfloat16 ≈ 8e-3)."""
+    torch.manual_seed(22)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
+    net = manual_bp.MLP([4, 8, 3], "tanh", dtype=dtype)
+    exact = copy.deepcopy(net).double()
+    x = make_tensor((5, 4), dtype=dtype, device="cpu", low=-1, high=1)
+    t = make_tensor((5, 3), dtype=dtype, device="cpu", low=-1, high=1)
+    want = loss_grads(lambda x, t: exact.loss(x, t), list(exact.parameters()), x.double(), t.double())
+    got = loss_grads(lambda x, t: net.loss(x, t), list(net.parameters()), x, t)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == dtype
+        assert_close(a.double(), b, atol=tol, rtol=tol)
 
 
 def test_loss_errors() -> None:
