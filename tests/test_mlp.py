@@ -368,17 +368,22 @@ def test_torch_compile_fullgraph_gives_eager_gradients() -> None:
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct non-parameter storages autograd saves for one forward."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return step_saved_bytes(lambda: model(x), list(model.parameters()))
+
+
+def step_saved_bytes(run: object, held: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` runs, ``held`` excluded."""
+    skip = {p.untyped_storage().data_ptr() for p in held}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
+        if ptr not in skip:
             seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
+        run()  # type: ignore[operator]
     return sum(seen.values())
 
 
@@ -648,22 +653,6 @@ def test_loss_torch_compile_fullgraph_gives_eager_gradients() -> None:
     want = loss_grads(lambda x, t: net.loss(x, t), list(net.parameters()), x, t)
     for a, b in zip(got, want, strict=True):
         assert_close(a, b)
-
-
-def step_saved_bytes(run: object, held: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves for one loss computation, ``held`` excluded."""
-    skip = {p.untyped_storage().data_ptr() for p in held}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()  # type: ignore[operator]
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("depth", [1, 2, 4, 8])
