@@ -74,6 +74,19 @@ def check_same(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
         )
 
 
+def check_target(target: Any, input: Tensor, input_name: str, d_out: int, same_dtype: bool = True) -> None:
+    """Raise unless ``target`` is a floating tensor of the output's shape ``(*, d_out)`` (the leading
+    dims of ``input``), on ``input``'s device and, with ``same_dtype``, of its dtype."""
+    check_floating("target", target)
+    out_shape = (*input.shape[:-1], d_out)
+    if target.shape != out_shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal the output shape {out_shape} (no broadcasting)"
+        )
+    if same_dtype:
+        check_same("target", target, input_name, input)
+
+
 def check_reduction(reduction: str) -> None:
     """Raise a ``ValueError`` unless ``reduction`` is ``'mean'``, ``'sum'`` or ``'none'``."""
     if reduction not in ("mean", "sum", "none"):

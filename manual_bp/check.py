@@ -334,40 +334,23 @@ def _mlp_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
     return out
 
 
-def _manual_mlp_loss(
-    input: Tensor,
-    target: Tensor,
-    *params: Tensor,
-    activation: str,
-    output_activation: str | None,
-    bias: bool,
-    reduction: str,
-) -> Tensor:
+def _manual_mlp_loss(input: Tensor, target: Tensor, *params: Tensor, reduction: str, **net: Any) -> Tensor:
     from manual_bp.mlp import mlp_loss
 
-    weights, biases = (params[0::2], params[1::2]) if bias else (params, None)
+    weights, biases = (params[0::2], params[1::2]) if net["bias"] else (params, None)
     return mlp_loss(
         input,
         target,
         list(weights),
         None if biases is None else list(biases),
-        activation,
-        output_activation,
+        net["activation"],
+        net["output_activation"],
         reduction,
     )
 
 
-def _native_mlp_loss(
-    input: Tensor,
-    target: Tensor,
-    *params: Tensor,
-    activation: str,
-    output_activation: str | None,
-    bias: bool,
-    reduction: str,
-) -> Tensor:
-    out = _native_mlp(input, *params, activation=activation, output_activation=output_activation, bias=bias)
-    return _native_hse(out, target, reduction)
+def _native_mlp_loss(input: Tensor, target: Tensor, *params: Tensor, reduction: str, **net: Any) -> Tensor:
+    return _native_hse(_native_mlp(input, *params, **net), target, reduction)
 
 
 def _mlp_loss_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from manual_bp._activations import OWNED, Activation
-from manual_bp._function import autocast_dtype, check_floating, check_same
+from manual_bp._function import autocast_dtype, check_floating, check_same, check_target
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "Trace", "deltas", "sgd_epoch", "sgd_step"]
@@ -102,12 +102,7 @@ def _check(mlp: Any, x: Any, target: Any, loss: str, reduction: str) -> tuple[Te
                 f"[{int(target.min())}, {int(target.max())}]"
             )
         return x.reshape(-1, d_in), target.reshape(-1)
-    check_floating("target", target)
-    if target.shape != out_shape:
-        raise ValueError(
-            f"target shape {tuple(target.shape)} must equal the output shape {out_shape} (no broadcasting)"
-        )
-    check_same("target", target, "x", x)
+    check_target(target, x, "x", d_out)
     return x.reshape(-1, d_in), target.reshape(-1, d_out)
 
 
@@ -184,6 +179,14 @@ def _loss_and_grad(
     return total, g
 
 
+def _mean_scale(count: int, reduction: str) -> float:
+    """The factor of ``reduction`` over ``count`` samples: ``1/M`` for ``'mean'`` (NaN for an empty
+    batch, as torch's mean gives), 1 for ``'sum'``."""
+    if reduction != "mean":
+        return 1.0
+    return 1.0 / count if count else math.nan
+
+
 def _activation_input(act: Activation, x: Tensor | None, y: Tensor) -> Tensor:
     return y if act.from_output else x  # type: ignore[return-value]
 
@@ -247,11 +250,9 @@ def sgd_step(
             with torch.no_grad():
                 return _step(params, acts, y0, target, lr, loss, reduction, True)
         with _no_graph():
-            total = _step(params, acts, y0, target, lr, loss, reduction, False, raw=True)
-        # scaled outside inference mode: the caller gets an ordinary tensor
-        count = y0.shape[0]
-        mean_scale = (1.0 / count if count else math.nan) if reduction == "mean" else 1.0
-        return total * (_LOSS_FACTOR[loss] * mean_scale)
+            total = _step(params, acts, y0, target, lr, loss, reduction, False)
+        # the raw sum scaled outside inference mode: the caller gets an ordinary tensor
+        return total * (_LOSS_FACTOR[loss] * _mean_scale(y0.shape[0], reduction))
 
 
 def sgd_epoch(
@@ -303,7 +304,7 @@ def sgd_epoch(
                 y_batches += (y0[rows:],) * (batches - len(y_batches))
                 t_batches += (target[rows:],) * (batches - len(t_batches))
             losses = [
-                _step(params, acts, y_b, t_b, lr, loss, reduction, distributed, raw=True)
+                _step(params, acts, y_b, t_b, lr, loss, reduction, distributed)
                 for y_b, t_b in zip(y_batches, t_batches, strict=True)
             ]
         # from here outside inference mode: the caller gets an ordinary tensor
@@ -314,7 +315,7 @@ def sgd_epoch(
         # the raw sums, scaled as sgd_step would scale each, averaged over batches: one dot
         # (in float32 at least: in float16 the per-batch scales of a long epoch would be subnormal)
         factor = _LOSS_FACTOR[loss] / len(losses)
-        scales = [factor / b.shape[0] if reduction == "mean" else factor for b in y_batches]
+        scales = [factor * _mean_scale(b.shape[0], reduction) for b in y_batches]
         acc = torch.promote_types(y0.dtype, torch.float32)
         total = torch.dot(torch.stack(losses).to(acc), torch.tensor(scales, dtype=acc, device=y0.device))
         return total.to(y0.dtype)
@@ -343,26 +344,24 @@ def _step(
     loss: str,
     reduction: str,
     distributed: bool,
-    raw: bool = False,
 ) -> Tensor:
     """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()`` or
     inference mode (:func:`_no_graph`).
 
-    ``raw=True`` returns the loss unscaled, as ``_loss_and_grad(loss_scale=None)`` (ignored under
-    ``torch.distributed``, where the step returns the global loss).
+    Returns the raw loss of the batch, as ``_loss_and_grad(loss_scale=None)`` (the callers scale
+    it, once per step or once per epoch), or under ``torch.distributed`` the global loss.
     """
     depth = len(acts)
     step = len(params) // depth
     ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
     count = y0.shape[0]
-    mean = reduction == "mean" and not distributed
-    # 'mean' divides the loss and the update by M; the gradients below stay sums over rows
-    loss_scale = (1.0 / count if count else math.nan) if mean else 1.0
-    total, g = _loss_and_grad(ys[-1], target, loss, None if raw and not distributed else loss_scale, 1.0)
+    # the gradients below stay sums over rows: 'mean' divides the update by M (the global M when
+    # distributed, after the all_reduce), and the callers scale the loss
+    total, g = _loss_and_grad(ys[-1], target, loss, 1.0 if distributed else None, 1.0)
     # BP1: δ_N = g ⊙ f′(x_N)
     delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
     if not distributed:
-        rate = lr / count if mean and count else lr
+        rate = lr / count if reduction == "mean" and count else lr
         ones = _ones(count, y0.dtype, y0.device) if step == 2 else None
         for n in range(depth - 1, -1, -1):
             weight = params[step * n]
@@ -435,7 +434,7 @@ def deltas(
         ys, xs_opt = _forward(mlp.parameters_flat(), mlp.activations, y0, keep_x=True)
         xs: list[Tensor] = [y0, *xs_opt[1:]]  # type: ignore[list-item]
         count = y0.shape[0]
-        scale = 1.0 if reduction == "sum" else 1.0 / count if count else math.nan
+        scale = _mean_scale(count, reduction)
         total, g = _loss_and_grad(ys[-1], target, loss, scale, scale)
         acts = mlp.activations
         depth = len(acts)

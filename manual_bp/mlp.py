@@ -35,6 +35,7 @@ from manual_bp._function import (
     check_floating,
     check_reduction,
     check_same,
+    check_target,
     in_place_ok,
 )
 from manual_bp.functional import HalfSquaredErrorFunction, _scale, half_squared_error
@@ -356,18 +357,6 @@ def _run_loss(input: Tensor, target: Tensor, reduction: str, net: _Net, params: 
     return loss.reshape(lead) if reduction == "none" and len(lead) != 1 else loss
 
 
-def _check_target(target: Any, input: Tensor, d_out: int) -> None:
-    """``target`` must be a floating tensor of the output's shape ``(*, D_N)``, dtype and device."""
-    check_floating("target", target)
-    out_shape = (*input.shape[:-1], d_out)
-    if target.shape != out_shape:
-        raise ValueError(
-            f"target shape {tuple(target.shape)} must equal the output shape {out_shape} (no broadcasting)"
-        )
-    if autocast_dtype(input) is None:  # (under autocast half_squared_error casts and checks)
-        check_same("target", target, "input", input)
-
-
 def mlp_loss(
     input: Tensor,
     target: Tensor,
@@ -396,7 +385,7 @@ def mlp_loss(
     params, has_bias = _check_params(weights, biases, input.shape[-1])
     if autocast_dtype(input) is None:
         check_same("input", input, "weights[0]", weights[0])
-    _check_target(target, input, weights[-1].shape[0])
+    check_target(target, input, "input", weights[-1].shape[0], autocast_dtype(input) is None)
     net = _net(_activations(activation, output_activation, len(weights)), has_bias)
     return _run_loss(input, target, reduction, net, params)
 
@@ -550,7 +539,8 @@ class MLP(nn.Module):
                 return MLPLossFunction.apply(input, target, reduction, net, *params)[0]
         self._check_input(input)
         check_reduction(reduction)
-        _check_target(target, input, self.sizes[-1])
+        # (under autocast half_squared_error casts, then checks the dtypes)
+        check_target(target, input, "input", self.sizes[-1], autocast_dtype(input) is None)
         if not self.fused:
             return half_squared_error(self(input), target, reduction)
         return _run_loss(input, target, reduction, self._net, self._fused_params(input))

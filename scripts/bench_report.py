@@ -8,6 +8,7 @@ Run::
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from typing import Any
@@ -69,7 +70,7 @@ def memory_lines(data: dict[str, Any]) -> list[str]:
         by[key] = pair if old is None else [max(a, b) for a, b in zip(old, pair, strict=True)]
 
     def cell(pair: list[float]) -> str:
-        return f"{pair[0]:.2f}" + ("" if pair[1] != pair[1] else f" ({pair[1]:.2f})")  # nan: not measured
+        return f"{pair[0]:.2f}" + ("" if math.isnan(pair[1]) else f" ({pair[1]:.2f})")  # nan: not measured
 
     acts = sorted({a for a, _ in by})
     depths = sorted({d for _, d in by})
