@@ -305,10 +305,17 @@ def test_input_checks(net: manual_bp.MLP) -> None:
         engine.sgd_step(net, torch.ones(5, 3, dtype=torch.long), torch.rand(5, 2), 0.1)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 16], ids=["one-chunk", "chunk-per-batch", "chunks-of-2"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "shuffled"])
 @pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy", "cross_entropy_probabilities"])
-def test_sgd_epoch_is_sgd_step_over_the_batches(loss: str, shuffle: bool, reduction: str) -> None:
+def test_sgd_epoch_is_sgd_step_over_the_batches(
+    loss: str, shuffle: bool, reduction: str, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the epoch computes its losses from the kept outputs once per chunk of output elements (15
+    # per batch of 5 here: 16 makes chunks of two batches, the last chunk the odd batch of 3 rows)
+    if chunk is not None:
+        monkeypatch.setattr(engine, "_CHUNK", chunk)
     torch.manual_seed(0)
     a = manual_bp.MLP([5, 7, 3], activation="tanh", output_activation="identity", dtype=torch.float64)
     b = copy.deepcopy(a)
