@@ -42,7 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from manual_bp._activations import OWNED, Activation
-from manual_bp._function import autocast_dtype, check_floating, check_same, check_target
+from manual_bp._function import (
+    _FLOATING,
+    autocast_dtype,
+    autocast_enabled,
+    check_floating,
+    check_same,
+    check_target,
+)
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "Trace", "deltas", "sgd_epoch", "sgd_step"]
@@ -104,6 +111,35 @@ def _check(mlp: Any, x: Any, target: Any, loss: str, reduction: str) -> tuple[Te
         return x.reshape(-1, d_in), target.reshape(-1)
     check_target(target, x, "x", d_out)
     return x.reshape(-1, d_in), target.reshape(-1, d_out)
+
+
+def _common_call(
+    mlp: MLP, params: list[Tensor], x: Any, target: Any, lr: Any, loss: str, reduction: str
+) -> bool:
+    """One cheap test that :func:`sgd_step`'s arguments are the usual ones and would pass every
+    check of :func:`_check` and :func:`_check_lr` unchanged: the error ``½‖y − t‖²``, a float
+    ``lr``, a 2-D batch and a target of the network's dtype and device, no autocast (dtypes are
+    singletons, so ``is`` compares them). Anything else goes through the full checks, which say
+    what is wrong. A small step is mostly fixed costs, and the full checks are a tenth of it."""
+    try:
+        weight = params[0]
+        return (
+            loss == "half_squared_error"
+            and (reduction == "mean" or reduction == "sum")
+            and type(lr) is float
+            and 0.0 < lr < math.inf
+            and x.ndim == 2
+            and x.dtype is weight.dtype
+            and target.dtype is weight.dtype
+            and weight.dtype in _FLOATING
+            and x.shape[1] == mlp.sizes[0]
+            and target.shape == (x.shape[0], mlp.sizes[-1])
+            and x.device == weight.device
+            and target.device == weight.device
+            and not autocast_enabled()
+        )
+    except AttributeError:  # not tensors: the full checks say what came
+        return False
 
 
 def _no_autocast(x: Tensor) -> Any:
@@ -264,6 +300,13 @@ def sgd_step(
     >>> loss.shape, loss.requires_grad
     (torch.Size([]), False)
     """
+    if isinstance(mlp, MLP):
+        params = mlp.parameters_flat()
+        if _common_call(mlp, params, x, target, lr, loss, reduction) and not _distributed():
+            with _no_graph():
+                total = _local_step(_layers(params, mlp.activations), x, target, lr, loss, reduction, None)
+            # the raw sum scaled outside inference mode: the caller gets an ordinary tensor
+            return total * (0.5 * _mean_scale(x.shape[0], reduction))  # type: ignore[operator]
     y0, target = _check(mlp, x, target, loss, reduction)
     lr = _check_lr(lr)
     params, acts = mlp.parameters_flat(), mlp.activations
@@ -359,7 +402,7 @@ def _epoch_losses(
     chunk of consecutive batches (each batch's loss averaged over its rows for ``'mean'``), in
     float32 at least.
 
-    A step computes no loss (:func:`_step` with ``outputs``): it keeps its ``y_N``, computed before
+    A step computes no loss (:func:`_local_step` with ``outputs``): it keeps its ``y_N``, computed before
     its update. Every ``_CHUNK`` output elements, and at the end, one pass over the kept outputs
     gives their per-sample losses: a few ops per chunk instead of two or three per step (7 % of
     the digits epoch of ``scripts/bench.py``, batches of 32). The losses equal those the steps
@@ -370,8 +413,9 @@ def _epoch_losses(
     sums: list[Tensor] = []
     outputs: list[Tensor] = []
     kept = start = 0  # output elements kept; the first row of the chunk
+    layers = _layers(params, acts)
     for i, (y_b, t_b) in enumerate(zip(y_batches, t_batches, strict=True)):
-        _step(params, acts, y_b, t_b, lr, loss, reduction, False, outputs)
+        _local_step(layers, y_b, t_b, lr, loss, reduction, outputs)
         kept += outputs[-1].numel()
         if kept >= _CHUNK or i + 1 == len(y_batches):
             end = start + sum(out.shape[0] for out in outputs)
@@ -405,6 +449,67 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _layers(params: list[Tensor], acts: tuple[Activation, ...]) -> tuple[tuple[Any, ...], ...]:
+    """Per layer ``(W_n, b_n or None, f, f′ from y)``: what :func:`_local_step` reads, made once."""
+    step = len(params) // len(acts)
+    return tuple(
+        (params[step * n], params[step * n + 1] if step == 2 else None, act, act.from_output)
+        for n, act in enumerate(acts)
+    )
+
+
+def _local_step(
+    layers: tuple[tuple[Any, ...], ...],
+    y0: Tensor,
+    target: Tensor,
+    lr: float,
+    loss: str,
+    reduction: str,
+    outputs: list[Tensor] | None,
+) -> Tensor | None:
+    """One single-process step (``layers`` from :func:`_layers`): FF, BP1, and per layer from the
+    top BP2, then BP3 fused with the update, in one function with little bookkeeping between the
+    ops (a small step is mostly fixed costs).
+
+    Returns the raw loss of the batch, as ``_loss_and_grad(loss_scale=None)`` (the callers scale
+    it). Given ``outputs``, it computes no loss: it appends ``y_N`` (taken before the update and
+    never written afterwards) for :func:`_epoch_losses` to compute the losses of many steps at
+    once, and returns ``None``.
+    """
+    # FF: x_{n+1} = y_n W_nᵀ + b_n; y_{n+1} = f(x_{n+1}), over x_{n+1} where f′ needs only y
+    ys, saved = [y0], [y0]  # y_n; what f′ of x_n is computed from (y_n or x_n)
+    y = y0
+    for weight, bias, act, from_y in layers:
+        x = F.linear(y, weight, bias)  # (M, D_n) -> (M, D_{n+1})
+        y = act.forward_(x) if from_y else act.forward(x)
+        ys.append(y)
+        saved.append(y if from_y else x)
+    count = y0.shape[0]
+    # the gradients stay sums over rows: 'mean' divides the update by M; the callers scale the loss
+    if outputs is None:
+        total, g = _loss_and_grad(y, target, loss, None, 1.0)
+    else:
+        total, g = None, _grad(y, target, loss)
+        outputs.append(y)
+    depth = len(layers)
+    delta = layers[-1][2].backward(g, saved[depth], OWNED)  # BP1: δ_N = g ⊙ f′(x_N)
+    rate = lr / count if reduction == "mean" and count else lr
+    ones = None
+    for n in range(depth - 1, -1, -1):
+        weight, bias = layers[n][0], layers[n][1]
+        # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n); (M, D_{n+1}) @ (D_{n+1}, D_n)
+        below = layers[n - 1][2].backward(delta.mm(weight), saved[n], OWNED) if n else None
+        # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
+        delta_t = delta.t()
+        weight.addmm_(delta_t, ys[n], alpha=-rate)
+        if bias is not None:
+            if ones is None:
+                ones = _ones(count, y0.dtype, y0.device)
+            bias.addmv_(delta_t, ones, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
+        delta = below  # type: ignore[assignment]
+    return total
+
+
 def _step(
     params: list[Tensor],
     acts: tuple[Activation, ...],
@@ -414,47 +519,23 @@ def _step(
     loss: str,
     reduction: str,
     distributed: bool,
-    outputs: list[Tensor] | None = None,
-) -> Tensor | None:
+) -> Tensor:
     """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()`` or
     inference mode (:func:`_no_graph`).
 
     Returns the raw loss of the batch, as ``_loss_and_grad(loss_scale=None)`` (the callers scale
-    it, once per step or once per epoch), or under ``torch.distributed`` the global loss. Given
-    ``outputs`` (single process), it computes no loss: it appends ``y_N`` (taken before the update
-    and never written afterwards) for the caller to compute the losses of many steps at once, and
-    returns ``None``.
+    it), or under ``torch.distributed`` the global loss.
     """
+    if not distributed:
+        return _local_step(_layers(params, acts), y0, target, lr, loss, reduction, None)  # type: ignore[return-value]
     depth = len(acts)
     step = len(params) // depth
-    ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
     count = y0.shape[0]
-    # the gradients below stay sums over rows: 'mean' divides the update by M (the global M when
-    # distributed, after the all_reduce), and the callers scale the loss
-    if outputs is None:
-        total, g = _loss_and_grad(ys[-1], target, loss, 1.0 if distributed else None, 1.0)
-    else:
-        total, g = None, _grad(ys[-1], target, loss)
-        outputs.append(ys[-1])
+    ys, xs = _forward(params, acts, y0, keep_x=False)  # FF
+    # the gradients below stay sums over rows, divided by the global M after the all_reduce
+    total, g = _loss_and_grad(ys[-1], target, loss, 1.0, 1.0)
     # BP1: δ_N = g ⊙ f′(x_N)
     delta = acts[-1].backward(g, _activation_input(acts[-1], xs[-1], ys[-1]), OWNED)
-    if not distributed:
-        rate = lr / count if reduction == "mean" and count else lr
-        ones = _ones(count, y0.dtype, y0.device) if step == 2 else None
-        for n in range(depth - 1, -1, -1):
-            weight = params[step * n]
-            # BP2 with W_n before its update: δ_n = (δ_{n+1} W_n) ⊙ f′(x_n)
-            below = None
-            if n > 0:
-                below = delta.mm(weight)  # (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
-                below = acts[n - 1].backward(below, _activation_input(acts[n - 1], xs[n], ys[n]), OWNED)
-            # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
-            delta_t = delta.t()
-            weight.addmm_(delta_t, ys[n], alpha=-rate)
-            if ones is not None:
-                params[step * n + 1].addmv_(delta_t, ones, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
-            delta = below  # type: ignore[assignment]
-        return total
 
     # Distributed: BP3 into one flat buffer [∂W_0, ∂b_0, …, Σc, M], one all_reduce, then UPD.
     # float32 at least: a float16 buffer would round the sample count above 2048

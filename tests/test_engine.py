@@ -397,3 +397,68 @@ def test_updates_bump_the_version_of_saved_weights(step: str) -> None:
         engine.sgd_epoch(net, x, t, 0.1, batch_size=2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sgd_step_fast_path_equals_the_checked_path(reduction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual call (a float lr, a 2-D batch) skips the full argument checks; the step it takes
+    must be the one the checked path takes, bit for bit, and the checked path must still run for
+    anything else (here the fast test is forced off)."""
+    torch.manual_seed(5)
+    fast = manual_bp.MLP([4, 6, 3], activation="tanh")
+    checked = copy.deepcopy(fast)
+    x, t = torch.randn(9, 4), torch.rand(9, 3)
+    calls = []
+    real_check = engine._check
+
+    def counting_check(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real_check(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_check", counting_check)
+    fast_losses = [engine.sgd_step(fast, x, t, 0.2, reduction=reduction) for _ in range(3)]
+    assert calls == []  # the fast path took them
+    monkeypatch.setattr(engine, "_common_call", lambda *args: False)
+    checked_losses = [engine.sgd_step(checked, x, t, 0.2, reduction=reduction) for _ in range(3)]
+    assert len(calls) == 3
+    for a, b in zip(fast_losses, checked_losses, strict=True):
+        assert torch.equal(a, b)
+    for p, q in zip(fast.parameters(), checked.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["int-lr", "3-d-input", "float64-target", "cross_entropy", "autocast"],
+)
+def test_sgd_step_unusual_calls_take_the_checked_path(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = manual_bp.MLP([4, 5, 3], output_activation="identity")
+    x, t = torch.randn(6, 4), torch.rand(6, 3)
+    kwargs: dict[str, object] = {}
+    lr: object = 0.1
+    if case == "int-lr":
+        lr = 1
+    elif case == "3-d-input":
+        x, t = x.reshape(2, 3, 4), t.reshape(2, 3, 3)
+    elif case == "float64-target":
+        t = t.double()
+    elif case == "cross_entropy":
+        t = torch.randint(0, 3, (6,))
+        kwargs["loss"] = "cross_entropy"
+    calls = []
+    real_check = engine._check
+
+    def counting_check(*args: object, **kw: object) -> object:
+        calls.append(1)
+        return real_check(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_check", counting_check)
+    if case == "float64-target":
+        with pytest.raises(TypeError, match="same dtype"):
+            engine.sgd_step(net, x, t, lr, **kwargs)  # type: ignore[arg-type]
+    elif case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            engine.sgd_step(net, x, t, lr, **kwargs)  # type: ignore[arg-type]
+    else:
+        engine.sgd_step(net, x, t, lr, **kwargs)  # type: ignore[arg-type]
+    assert calls == [1]
