@@ -20,10 +20,14 @@ reported as medians over repetitions:
 * ``engine``   — ``manual_bp.engine.sgd_step``: no autograd at all
 
 Ratios to native are medians over repetitions of (path time / native time in that repetition).
-Each configuration runs in a fresh process (``--same-process`` runs them all in this one): a long
-run otherwise carries the allocator's state from one configuration to the next (glibc malloc
-raises its mmap and trim thresholds as large blocks come and go), which measurably changed later
-configurations' times depending on which ones ran before.
+Each configuration runs in ``--procs`` fresh processes, one after the other (default 3;
+``--same-process`` runs everything in this one), and its ratios are the medians over the
+repetitions of all of them; the JSON also keeps each process's median (``ratio_by_process``).
+Fresh processes: a long run otherwise carries the allocator's state from one configuration to the
+next (glibc malloc raises its mmap and trim thresholds as large blocks come and go), which
+measurably changed later configurations' times depending on which ones ran before. Several: on a
+shared machine one configuration's ratio moves by 5–10 % from one fresh process to the next, more
+than between the repetitions inside one. The digits epoch is pooled the same way.
 
 It also prints GFLOP/s and the share of this machine's matrix-multiply throughput (best of several
 large GEMMs, measured in the same run), the saved-activation memory of each autograd path relative
@@ -211,23 +215,34 @@ def time_block(step: Callable[[], None], iters: int, device: str) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def interleaved(
-    steps: dict[str, Callable[[], None]], reps: int, device: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median time per step of each path, and the median over repetitions of each path's time
-    divided by the first path's time in the same repetition (drifts of the machine's speed between
-    repetitions cancel in these ratios)."""
+def interleaved_times(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, list[float]]:
+    """Each path's time per step in each of ``reps`` repetitions; a repetition times every path
+    once, in turn, so the paths see the same state of the machine."""
     iters = {name: calibrate(step, device) for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
             times[name].append(time_block(step, iters[name], device))
-    base = next(iter(steps))
-    ratios = {
-        name: statistics.median(t / b for t, b in zip(ts, times[base], strict=True))
-        for name, ts in times.items()
-    }
-    return {name: statistics.median(ts) for name, ts in times.items()}, ratios
+    return times
+
+
+def rep_ratios(times: dict[str, list[float]], base: str = "native") -> dict[str, list[float]]:
+    """Each path's time divided by ``base``'s time in the same repetition (drifts of the machine's
+    speed between repetitions cancel in these ratios)."""
+    return {name: [t / b for t, b in zip(ts, times[base], strict=True)] for name, ts in times.items()}
+
+
+def interleaved(
+    steps: dict[str, Callable[[], None]], reps: int, device: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median time per step of each path, and the median over repetitions of each path's time
+    divided by the first path's time in the same repetition."""
+    times = interleaved_times(steps, reps, device)
+    ratios = rep_ratios(times, next(iter(steps)))
+    return (
+        {name: statistics.median(ts) for name, ts in times.items()},
+        {name: statistics.median(rs) for name, rs in ratios.items()},
+    )
 
 
 def saved_bytes(run: Callable[[], torch.Tensor], held: list[torch.Tensor]) -> int:
@@ -298,38 +313,81 @@ def bench_config(
         steps["compiled"] = compiled_step(comp, x, t)
     steps = {name: steps[name] for name in PATHS if name in steps}
     with torch.autocast(device, dtype=dtype, enabled=args.autocast):
-        times, ratios = interleaved(steps, args.reps, device)
+        rep_seconds = interleaved_times(steps, args.reps, device)
         memory = {
             "native": saved_bytes(lambda: native_loss(nat(x), t), [*nat.parameters(), x, t]),
             "manual": saved_bytes(lambda: hse(man(x), t), [*man.parameters(), x, t]),
             "fused": saved_bytes(lambda: fused.loss(x, t), [*fused.parameters(), x, t]),
             "fused_hse": saved_bytes(lambda: hse(fused(x), t), [*fused.parameters(), x, t]),
         }
-    flops = step_flops(batch, sizes)
     return {
         "batch": batch,
         "width": width,
         "depth": depth,
         "activation": act,
         "class": size_class(batch, width),
-        "seconds": times,
-        "ratio": ratios,
-        "gflops": {k: flops / v / 1e9 for k, v in times.items()},
+        "rep_seconds": rep_seconds,
         "saved_bytes": memory,
         "memory_ratio": {k: v / memory["native"] for k, v in memory.items()},
     }
 
 
+def in_fresh_process(args: argparse.Namespace, fn: Callable[..., Any], *fn_args: Any) -> Any:
+    """``fn(*fn_args)`` in a fresh process (in this one with ``--same-process``)."""
+    if args.same_process:
+        return fn(*fn_args)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *fn_args).result()
+
+
+def pooled(
+    parts: list[dict[str, list[float]]],
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """Per-repetition times of several processes (a path may be missing from some): the median
+    time and the median ratio to native over all repetitions of all processes, and each
+    process's median ratio (the spread between processes)."""
+    times: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    by_process: dict[str, list[float]] = {}
+    for part in parts:
+        for name, rs in rep_ratios(part).items():
+            times.setdefault(name, []).extend(part[name])
+            ratios.setdefault(name, []).extend(rs)
+            by_process.setdefault(name, []).append(statistics.median(rs))
+    return (
+        {name: statistics.median(ts) for name, ts in times.items()},
+        {name: statistics.median(rs) for name, rs in ratios.items()},
+        by_process,
+    )
+
+
 def run_config(
     batch: int, width: int, depth: int, act: str, args: argparse.Namespace, dtype: torch.dtype
 ) -> dict[str, Any]:
-    """:func:`bench_config` in a fresh process (unless ``--same-process``), so that no earlier
-    configuration's allocator state or compile cache affects this one's times."""
-    if args.same_process:
-        return bench_config(batch, width, depth, act, args, dtype)
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(bench_config, batch, width, depth, act, args, dtype).result()
+    """:func:`bench_config` in ``--procs`` fresh processes, one after the other, pooled.
+
+    A fresh process per run, so that no earlier configuration's allocator state or compile cache
+    affects this one's times; several, because on this shared machine one configuration's ratio
+    moves by 5–10 % from one fresh process to the next (fused 64 × 64 × 2 sigmoid: 0.92–1.03 in
+    four processes), more than between the repetitions inside one. The ``compiled`` path
+    (informational, and the slowest to set up) runs in the first process only.
+    """
+    parts = []
+    for i in range(args.procs):
+        sub = argparse.Namespace(**vars(args))
+        sub.no_compile = args.no_compile or i > 0
+        parts.append(in_fresh_process(args, bench_config, batch, width, depth, act, sub, dtype))
+    row = {k: v for k, v in parts[0].items() if k != "rep_seconds"}
+    times, ratios, by_process = pooled([part["rep_seconds"] for part in parts])
+    flops = step_flops(batch, [width] * (depth + 1))
+    row.update(
+        seconds=times,
+        ratio=ratios,
+        ratio_by_process=by_process,
+        gflops={k: flops / v / 1e9 for k, v in times.items()},
+    )
+    return row
 
 
 def memory_config(act: str, depth: int, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
@@ -398,8 +456,30 @@ def digits_epoch(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             warnings.simplefilter("ignore", ConvergenceWarning)
             fit()
             epoch()
-            times, ratios = interleaved({"sklearn": fit, "engine": epoch}, reps, "cpu")
-        rows.append({"task": task, "seconds": times, "ratio": ratios["engine"]})
+            times = interleaved_times({"sklearn": fit, "engine": epoch}, reps, "cpu")
+        rows.append({"task": task, "rep_seconds": times})
+    return rows
+
+
+def run_digits(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
+    """:func:`digits_epoch` in ``--procs`` fresh processes, pooled as :func:`run_config` pools."""
+    parts = [in_fresh_process(args, digits_epoch, args, reps) for _ in range(args.procs)]
+    rows = []
+    for i, task in enumerate(p["task"] for p in parts[0]):
+        runs = [part[i]["rep_seconds"] for part in parts]
+        times: dict[str, list[float]] = {}
+        for run in runs:
+            for name, ts in run.items():
+                times.setdefault(name, []).extend(ts)
+        ratios = [r for run in runs for r in rep_ratios(run, "sklearn")["engine"]]
+        rows.append(
+            {
+                "task": task,
+                "seconds": {name: statistics.median(ts) for name, ts in times.items()},
+                "ratio": statistics.median(ratios),
+                "ratio_by_process": [statistics.median(rep_ratios(run, "sklearn")["engine"]) for run in runs],
+            }
+        )
     return rows
 
 
@@ -420,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        help="fresh processes per configuration, pooled (default 3, quick 1)",
+    )
+    parser.add_argument(
         "--same-process",
         action="store_true",
         help="run every configuration in this process (default: each in a fresh one)",
@@ -430,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     args.autocast = dtype == torch.bfloat16
     param_dtype = torch.float32 if args.autocast else dtype
     args.reps = args.reps or (3 if args.quick else 7)
+    args.procs = args.procs or (1 if args.quick else 3)
+    if args.procs < 1 or args.reps < 1:
+        parser.error(f"--procs and --reps must be at least 1, got {args.procs} and {args.reps}")
     if args.quick:
         grid = [(b, w, 2, a) for b, w in QUICK_SIZES for a in ("sigmoid", "gelu")]
     elif args.full:
@@ -477,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{m['activation']} depth {m['depth']}"
         print(f"  {name:>16}: manual {ratio['manual']:.2f}, fused {ratio['fused']:.2f}")
 
-    digits = [] if args.device != "cpu" else digits_epoch(args, 3 if args.quick else 7)
+    digits = [] if args.device != "cpu" else run_digits(args, 3 if args.quick else 7)
     if digits:
         print("\none epoch over digits (1797 samples, 64-64-10 sigmoid net, batch 32, plain SGD):")
         for d_row in digits:
