@@ -399,6 +399,19 @@ def test_updates_bump_the_version_of_saved_weights(step: str) -> None:
         out.sum().backward()
 
 
+def _count_full_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap the engine's full argument checks; the list returned grows by one per call."""
+    calls: list[int] = []
+    real_check = engine._check
+
+    def counting_check(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real_check(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_check", counting_check)
+    return calls
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_sgd_step_fast_path_equals_the_checked_path(reduction: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The usual call (a float lr, a 2-D batch) skips the full argument checks; the step it takes
@@ -408,14 +421,7 @@ def test_sgd_step_fast_path_equals_the_checked_path(reduction: str, monkeypatch:
     fast = manual_bp.MLP([4, 6, 3], activation="tanh")
     checked = copy.deepcopy(fast)
     x, t = torch.randn(9, 4), torch.rand(9, 3)
-    calls = []
-    real_check = engine._check
-
-    def counting_check(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real_check(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine, "_check", counting_check)
+    calls = _count_full_checks(monkeypatch)
     fast_losses = [engine.sgd_step(fast, x, t, 0.2, reduction=reduction) for _ in range(3)]
     assert calls == []  # the fast path took them
     monkeypatch.setattr(engine, "_common_call", lambda *args: False)
@@ -445,14 +451,7 @@ def test_sgd_step_unusual_calls_take_the_checked_path(case: str, monkeypatch: py
     elif case == "cross_entropy":
         t = torch.randint(0, 3, (6,))
         kwargs["loss"] = "cross_entropy"
-    calls = []
-    real_check = engine._check
-
-    def counting_check(*args: object, **kw: object) -> object:
-        calls.append(1)
-        return real_check(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine, "_check", counting_check)
+    calls = _count_full_checks(monkeypatch)
     if case == "float64-target":
         with pytest.raises(TypeError, match="same dtype"):
             engine.sgd_step(net, x, t, lr, **kwargs)  # type: ignore[arg-type]
