@@ -515,10 +515,16 @@ def main(argv: list[str] | None = None) -> int:
     # bf16 runs as autocast over float32 parameters (mixed precision), as users train with it.
     args.autocast = dtype == torch.bfloat16
     param_dtype = torch.float32 if args.autocast else dtype
-    args.reps = args.reps or (3 if args.quick else 7)
-    args.procs = args.procs or (1 if args.quick else 3)
+    args.reps = (3 if args.quick else 7) if args.reps is None else args.reps
+    args.procs = (1 if args.quick else 3) if args.procs is None else args.procs
     if args.procs < 1 or args.reps < 1:
         parser.error(f"--procs and --reps must be at least 1, got {args.procs} and {args.reps}")
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError:
+        parser.error(f"--device must name a torch device such as cpu or cuda, got {args.device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__})")
     if args.quick:
         grid = [(b, w, 2, a) for b, w in QUICK_SIZES for a in ("sigmoid", "gelu")]
     elif args.full:
