@@ -461,3 +461,23 @@ def test_sgd_step_unusual_calls_take_the_checked_path(case: str, monkeypatch: py
     else:
         engine.sgd_step(net, x, t, lr, **kwargs)  # type: ignore[arg-type]
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
+def test_sgd_epoch_in_half_precision_takes_sgd_steps(loss: str, dtype: torch.dtype) -> None:
+    # the steps are the same ops either way: parameters equal bit for bit; the epoch's loss comes
+    # from the kept outputs (per sample, summed in float32) and the steps' from per-batch sums in
+    # the dtype, so the two agree to the dtype's rounding (a few eps of the loss)
+    torch.manual_seed(3)
+    a = manual_bp.MLP([5, 7, 3], activation="tanh", output_activation="identity", dtype=dtype)
+    b = copy.deepcopy(a)
+    x = torch.randn(23, 5, dtype=dtype)
+    t = torch.randint(0, 3, (23,)) if loss == "cross_entropy" else torch.rand(23, 3, dtype=dtype)
+    mean_loss = engine.sgd_epoch(a, x, t, 0.3, batch_size=5, loss=loss)
+    losses = [engine.sgd_step(b, x[i : i + 5], t[i : i + 5], 0.3, loss=loss) for i in range(0, 23, 5)]
+    assert mean_loss.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert_close(mean_loss.float(), torch.stack(losses).float().mean(), rtol=4 * eps, atol=0.0)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
