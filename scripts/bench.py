@@ -5,6 +5,7 @@ Run (the README's table comes from this command's output and JSON):
     python scripts/bench.py --out benchmarks/cpu.json
     python scripts/bench.py --quick                 # a small smoke subset (CI)
     python scripts/bench.py --full                  # every batch x width x depth x activation
+    python scripts/bench.py --config 64x128x2:sigmoid  # one configuration (repeatable)
     python scripts/bench.py --device cuda --dtype bfloat16
 
 A step is: zero grads, forward, half squared error c = ½‖y − t‖² averaged over samples, backward,
@@ -488,11 +489,31 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:9.0f}us" if s < 0.01 else f"{s * 1e3:9.1f}ms"
 
 
+def parse_config(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, int, str]:
+    """``"64x128x2:sigmoid"`` -> ``(64, 128, 2, "sigmoid")``; a clear parser error otherwise."""
+    sizes, _, act = text.partition(":")
+    parts = sizes.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) or act not in NATIVE_ACT:
+        parser.error(
+            f"--config must be BATCHxWIDTHxDEPTH:ACT with positive sizes and ACT one of "
+            f"{', '.join(NATIVE_ACT)}, e.g. 64x128x2:sigmoid; got {text!r}"
+        )
+    batch, width, depth = (int(p) for p in parts)
+    return batch, width, depth, act
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke subset")
     parser.add_argument(
         "--full", action="store_true", help="the full batch x width x depth x activation product"
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="BATCHxWIDTHxDEPTH:ACT",
+        help="only this configuration, e.g. 64x128x2:sigmoid (repeatable); skips the digits epoch",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
@@ -525,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device must name a torch device such as cpu or cuda, got {args.device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__})")
-    if args.quick:
+    if args.config:
+        grid = [parse_config(parser, c) for c in args.config]
+    elif args.quick:
         grid = [(b, w, 2, a) for b, w in QUICK_SIZES for a in ("sigmoid", "gelu")]
     elif args.full:
         grid = list(itertools.product(BATCHES, WIDTHS, DEPTHS, ACTIVATIONS))
@@ -572,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{m['activation']} depth {m['depth']}"
         print(f"  {name:>16}: manual {ratio['manual']:.2f}, fused {ratio['fused']:.2f}")
 
-    digits = [] if args.device != "cpu" else run_digits(args, 3 if args.quick else 7)
+    digits = [] if args.device != "cpu" or args.config else run_digits(args, 3 if args.quick else 7)
     if digits:
         print("\none epoch over digits (1797 samples, 64-64-10 sigmoid net, batch 32, plain SGD):")
         for d_row in digits:
