@@ -377,7 +377,7 @@ def sgd_epoch(
                 losses = _epoch_losses(params, acts, y_batches, t_batches, target, lr, loss, reduction)
         # from here outside inference mode: the caller gets an ordinary tensor
         if not losses:
-            return torch.full((), math.nan, dtype=y0.dtype)
+            return torch.full((), math.nan, dtype=y0.dtype, device=y0.device)
         if distributed:
             return torch.stack(losses).mean()
         # each chunk's sum of per-batch losses (raw: ½ and the mean over batches applied here)

@@ -131,7 +131,7 @@ class MLPFunction(ManualFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         input, net, *params = inputs
         y_n = output[:1] if net.plan[-1] == _Y else ()  # y_N, if f′ of the output layer needs it
-        ctx.save_for_backward(input, *params[:: net.step], *output[1:], *y_n)
+        ctx.save_for_backward(input, *_weights(ctx, params, net), *output[1:], *y_n)
         ctx.net = net
         ctx.set_materialize_grads(False)
 
@@ -139,6 +139,16 @@ class MLPFunction(ManualFunction):
     def backward(ctx: Any, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
         grad_input, grads = _backprop(ctx.net, ctx.saved_tensors, ctx.needs_input_grad, grads_out, False)
         return (grad_input, None, *grads)
+
+
+def _weights(ctx: Any, params: Sequence[Tensor], net: _Net) -> list[Tensor | None]:
+    """The weights backward needs: all but ``W_0``, which only ``∂c/∂y_0 = δ_1 W_0`` uses, so it is
+    kept only when the input needs a gradient (a placeholder otherwise). The weights are the
+    caller's parameters and cost nothing to keep, except under autocast, where they are casts."""
+    weights: list[Tensor | None] = list(params[:: net.step])
+    if not ctx.needs_input_grad[0]:
+        weights[0] = None
+    return weights
 
 
 def _backprop(
@@ -236,7 +246,7 @@ class MLPLossFunction(ManualFunction):
         keep_y = net.plan[-1] != _X
         extras = output[1:-1] if keep_y else output[1:]
         # MLPFunction's layout (input, W_0.., extras, [y_N]), then the target
-        ctx.save_for_backward(input, *params[:: net.step], *extras, *output[-1:][:keep_y], target)
+        ctx.save_for_backward(input, *_weights(ctx, params, net), *extras, *output[-1:][:keep_y], target)
         ctx.net, ctx.reduction, ctx.keep_y = net, reduction, keep_y
         ctx.set_materialize_grads(False)
 
@@ -255,10 +265,12 @@ class MLPLossFunction(ManualFunction):
             if y is None:
                 y = net.acts[-1].forward(saved[net.pos[-1]])  # recompute y_N = f(x_N)
             scale = _scale(grad_loss, ctx.reduction, y.shape[0])
-            g = y - target  # BP1's first factor: y_N − t
+            g = y - target  # BP1's first factor: y_N − t (in float32 under autocast)
             g = g.mul_(scale) if in_place_ok(grad_loss) else g * scale
             if needs[1]:
                 grad_target = -g  # ∂c/∂t = −(y_N − t)
+            if g.dtype != y.dtype:  # autocast: the error in float32, the network in its own dtype
+                g = g.to(y.dtype)
         if g_y is not None:  # y_N is an output too: its gradient joins ∂c/∂y_N
             g = g_y if g is None else g + g_y
         owned = g is not g_y  # a temporary of ours, not the incoming gradient
@@ -346,10 +358,15 @@ def mlp(
 
 
 def _run_loss(input: Tensor, target: Tensor, reduction: str, net: _Net, params: list[Tensor]) -> Tensor:
-    """Flatten to 2-D and apply :class:`MLPLossFunction`; under autocast, the network then the loss
-    (in float32, as ``half_squared_error`` runs there) as two Functions."""
-    if autocast_dtype(input) is not None:
-        return half_squared_error(_run(input, net, params), target, reduction)
+    """Flatten to 2-D and apply :class:`MLPLossFunction`. Under autocast the network runs in the
+    autocast dtype and the error in float32 (the target cast up, as ``mse_loss`` and
+    ``half_squared_error`` run there): ``y_N − t`` promotes to float32 inside the one Function,
+    which keeps ``y_N`` once, in the network's dtype, where a separate loss would keep a float32
+    copy as well."""
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, *params = (autocast_cast(t, cast) for t in (input, *params))  # type: ignore[assignment]
+        target = target.float() if target.dtype in (torch.float16, torch.bfloat16) else target
     lead = input.shape[:-1]
     if input.dim() != 2:
         input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1, target.shape[-1])

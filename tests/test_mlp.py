@@ -677,6 +677,49 @@ def test_loss_saves_one_tensor_per_layer(activation: str, depth: int) -> None:
         assert fused / native <= 0.6
 
 
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("activation", NAMES)
+def test_autocast_saves_at_most_native(activation: str, depth: int) -> None:
+    """Under autocast what is kept are bfloat16 casts (the input, the weights) and activations. The
+    fused step keeps ``y_N`` once, in bfloat16, and the error runs in float32 inside the same
+    Function: less than the network and a separate loss (which keeps a float32 copy of ``y_N``)
+    and at most native's step; ``W_0`` (whose cast is new memory) only when the input needs a
+    gradient."""
+    width, batch = 32, 16
+    net = manual_bp.MLP([width] * (depth + 1), activation)
+    twin = native_twin(net)
+    x, t = torch.randn(batch, width), torch.rand(batch, width)
+    held = [*net.parameters(), *twin.parameters(), x, t]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = step_saved_bytes(lambda: net.loss(x, t), held)
+        separate = step_saved_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
+        native = step_saved_bytes(lambda: native_hse(twin(x).float(), t, "mean"), held)
+        network = step_saved_bytes(lambda: net(x), held)
+        native_network = step_saved_bytes(lambda: twin(x), held)
+    assert fused < separate <= native
+    assert network <= native_network
+    cast = batch * width * 2  # one (batch, width) bfloat16 tensor; the weights are (width, width)
+    assert fused == cast * (1 + depth) + 2 * cast * (depth - 1)  # x, one per layer; W_1, …, W_{N−1}
+
+
+def test_autocast_input_gradient_keeps_w0() -> None:
+    """With an input that needs a gradient, ``W_0`` is kept (``∂c/∂y_0 = δ_1 W_0``) and the input
+    gradient equals native's under autocast."""
+    torch.manual_seed(23)
+    net = manual_bp.MLP([4, 8, 3], "tanh")
+    twin = native_twin(net)
+    x, t = torch.randn(5, 4, requires_grad=True), torch.rand(5, 3)
+    x_twin = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net.loss(x, t)
+        want = native_hse(twin(x_twin).float(), t, "mean")
+    loss.backward()
+    want.backward()
+    tol = 8 * torch.finfo(torch.bfloat16).eps  # as in test_loss_autocast_like_native
+    assert x.grad.dtype == torch.float32
+    assert_close(x.grad, x_twin.grad, rtol=tol, atol=tol)
+
+
 def test_loss_autocast_like_native() -> None:
     """Under autocast the network runs in bfloat16 and the error in float32, as a native
     ``nn.Sequential`` and a native ½‖y − t‖² on a float32 cast (what ``mse_loss`` does) would."""
