@@ -96,7 +96,10 @@ class LinearFunction(ManualFunction):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         input, weight, bias = inputs
-        ctx.save_for_backward(input, weight)
+        needs = ctx.needs_input_grad
+        # W only for ∂c/∂x = δ W, x only for ∂c/∂W = δᵀ x (as native autograd keeps them): under
+        # autocast they are casts, new memory
+        ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
         ctx.has_bias = bias is not None
 
     @staticmethod
@@ -110,11 +113,11 @@ class LinearFunction(ManualFunction):
             grad_input = grad_output.mm(weight) if flat else grad_output.matmul(weight)
         if needs[1] or (ctx.has_bias and needs[2]):
             delta = (
-                grad_output if flat else grad_output.reshape(-1, weight.shape[0])
+                grad_output if flat else grad_output.reshape(-1, grad_output.shape[-1])
             )  # (*, D_out) -> (N, D_out)
             if needs[1]:
                 # BP3: ∂c/∂W = δᵀ y; (D_out, N) @ (N, D_in) -> (D_out, D_in)
-                grad_weight = delta.t().mm(input if flat else input.reshape(-1, weight.shape[1]))
+                grad_weight = delta.t().mm(input if flat else input.reshape(-1, input.shape[-1]))
             if ctx.has_bias and needs[2]:
                 grad_bias = delta.sum(0)  # BP3: ∂c/∂b = Σ_rows δ; (N, D_out) -> (D_out,)
         return grad_input, grad_weight, grad_bias

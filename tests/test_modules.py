@@ -233,3 +233,49 @@ def test_double_backward_through_modules(act: Activation) -> None:
 
     assert gradcheck(f, (x, *params), fast_mode=True)
     assert gradgradcheck(f, (x, *params), fast_mode=True)
+
+
+def _saved_storage_bytes(run: Callable[[], Tensor], held: list[Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` runs, ``held`` excluded."""
+    skip = {t.untyped_storage().data_ptr() for t in held}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        if t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("grads", ["input-weight-bias", "weight-bias", "input-bias", "bias"], ids=lambda g: g)
+def test_linear_keeps_what_native_keeps(grads: str, autocast: bool) -> None:
+    """``W`` is kept only for ``∂c/∂x``, ``x`` only for ``∂c/∂W``, as native autograd keeps them:
+    under autocast both are casts (new memory), so the manual layer saves at most what
+    ``nn.Linear`` saves; the gradients equal native's, also when only the bias needs one and the
+    input has leading dims."""
+    torch.manual_seed(31)
+    native = nn.Linear(6, 4)
+    layer = manual_bp.Linear(6, 4)
+    layer.load_state_dict(native.state_dict())
+    for lin in (native, layer):
+        lin.weight.requires_grad_("weight" in grads)
+    x = torch.randn(2, 3, 6, requires_grad="input" in grads)
+    x_native = x.detach().clone().requires_grad_(x.requires_grad)
+    held = [*native.parameters(), *layer.parameters(), x, x_native]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        mine = _saved_storage_bytes(lambda: layer(x), held)
+        theirs = _saved_storage_bytes(lambda: native(x_native), held)
+        out, want = layer(x), native(x_native)
+    assert mine <= theirs
+    grad_out = torch.randn_like(want)
+    out.backward(grad_out)
+    want.backward(grad_out)
+    tol = 8 * torch.finfo(torch.bfloat16).eps if autocast else None  # as the other autocast tests
+    for a, b in ((layer.bias, native.bias), (layer.weight, native.weight), (x, x_native)):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=tol, atol=tol)
