@@ -303,21 +303,31 @@ def sgd_step(
     if isinstance(mlp, MLP):
         params = mlp.parameters_flat()
         if _common_call(mlp, params, x, target, lr, loss, reduction) and not _distributed():
-            with _no_graph():
-                total = _local_step(_layers(params, mlp.activations), x, target, lr, loss, reduction, None)
-            # the raw sum scaled outside inference mode: the caller gets an ordinary tensor
-            return total * (0.5 * _mean_scale(x.shape[0], reduction))  # type: ignore[operator]
+            return _single_step(params, mlp.activations, x, target, lr, loss, reduction)  # the usual call
     y0, target = _check(mlp, x, target, loss, reduction)
     lr = _check_lr(lr)
     params, acts = mlp.parameters_flat(), mlp.activations
     with _no_autocast(y0):
         if _distributed():
             with torch.no_grad():
-                return _step(params, acts, y0, target, lr, loss, reduction, True)
-        with _no_graph():
-            total = _step(params, acts, y0, target, lr, loss, reduction, False)
-        # the raw sum scaled outside inference mode: the caller gets an ordinary tensor
-        return total * (_LOSS_FACTOR[loss] * _mean_scale(y0.shape[0], reduction))
+                return _distributed_step(params, acts, y0, target, lr, loss, reduction)
+        return _single_step(params, acts, y0, target, lr, loss, reduction)
+
+
+def _single_step(
+    params: list[Tensor],
+    acts: tuple[Activation, ...],
+    y0: Tensor,
+    target: Tensor,
+    lr: float,
+    loss: str,
+    reduction: str,
+) -> Tensor:
+    """:func:`_local_step` in inference mode, on checked, flattened arguments; the loss it returns
+    is scaled outside inference mode, so the caller gets an ordinary tensor."""
+    with _no_graph():
+        total = _local_step(_layers(params, acts), y0, target, lr, loss, reduction, None)
+    return total * (_LOSS_FACTOR[loss] * _mean_scale(y0.shape[0], reduction))  # type: ignore[operator]
 
 
 def sgd_epoch(
@@ -370,7 +380,7 @@ def sgd_epoch(
                     y_batches += (y0[rows:],) * (batches - len(y_batches))
                     t_batches += (target[rows:],) * (batches - len(t_batches))
                 losses = [
-                    _step(params, acts, y_b, t_b, lr, loss, reduction, True)
+                    _distributed_step(params, acts, y_b, t_b, lr, loss, reduction)
                     for y_b, t_b in zip(y_batches, t_batches, strict=True)
                 ]
             else:
@@ -510,7 +520,7 @@ def _local_step(
     return total
 
 
-def _step(
+def _distributed_step(
     params: list[Tensor],
     acts: tuple[Activation, ...],
     y0: Tensor,
@@ -518,16 +528,9 @@ def _step(
     lr: float,
     loss: str,
     reduction: str,
-    distributed: bool,
 ) -> Tensor:
-    """The body of :func:`sgd_step` on checked, flattened arguments, under ``torch.no_grad()`` or
-    inference mode (:func:`_no_graph`).
-
-    Returns the raw loss of the batch, as ``_loss_and_grad(loss_scale=None)`` (the callers scale
-    it), or under ``torch.distributed`` the global loss.
-    """
-    if not distributed:
-        return _local_step(_layers(params, acts), y0, target, lr, loss, reduction, None)  # type: ignore[return-value]
+    """One step under ``torch.distributed`` on checked, flattened arguments, under
+    ``torch.no_grad()``: the global loss (the single-process step is :func:`_local_step`)."""
     depth = len(acts)
     step = len(params) // depth
     count = y0.shape[0]

@@ -38,7 +38,7 @@ from manual_bp._function import (
     check_target,
     in_place_ok,
 )
-from manual_bp.functional import HalfSquaredErrorFunction, _scale, half_squared_error
+from manual_bp.functional import HalfSquaredErrorFunction, _scale, _to_float32, half_squared_error
 from manual_bp.modules import Linear
 
 __all__ = ["MLP", "MLPFunction", "MLPLossFunction", "mlp", "mlp_loss"]
@@ -137,7 +137,9 @@ class MLPFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, *grads_out: Tensor | None) -> tuple[Tensor | None, ...]:
-        grad_input, grads = _backprop(ctx.net, ctx.saved_tensors, ctx.needs_input_grad, grads_out, False)
+        fast = in_place_ok(next((g for g in grads_out if g is not None), None))
+        needs = ctx.needs_input_grad
+        grad_input, grads = _backprop(ctx.net, ctx.saved_tensors, needs, grads_out, False, fast)
         return (grad_input, None, *grads)
 
 
@@ -157,20 +159,20 @@ def _backprop(
     needs: Sequence[bool],
     grads_out: Sequence[Tensor | None],
     owned: bool,
+    fast: bool,
 ) -> tuple[Tensor | None, list[Tensor | None]]:
     """BP1, BP2 and BP3 for every layer: the body of :meth:`MLPFunction.backward`.
 
     ``saved`` is ``(input, W_0, …, W_{N−1}, outputs[1:], [y_N])`` (see :class:`_Net`); ``needs``
     is laid out like ``MLPFunction``'s inputs (``needs[0]`` the input, ``needs[2 + i]`` parameter
     ``i``); ``grads_out`` is ``(∂c/∂y_N, *grads of the extra outputs)``; ``owned`` says whether
-    ``∂c/∂y_N`` is a temporary the caller hands over (it may then be overwritten). Returns the
+    ``∂c/∂y_N`` is a temporary the caller hands over (it may then be overwritten); ``fast`` is
+    :func:`in_place_ok` of the incoming gradients, which the caller has already asked. Returns the
     input's gradient and the parameters' (``None`` where not needed).
     """
     depth, step, plan, acts, extra, pos = net.depth, net.step, net.plan, net.acts, net.extra, net.pos
     grads: list[Tensor | None] = [None] * (step * depth)
     grad_input = None
-    # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
-    fast = in_place_ok(next((g for g in grads_out if g is not None), None))
     # The lowest layer whose parameters (or the input) need a gradient: the loop stops there.
     lowest = 0
     if not needs[0]:
@@ -261,12 +263,14 @@ class MLPLossFunction(ManualFunction):
         else:
             y, g_y = None, None
         g = grad_target = None
+        # In-place arithmetic only on temporaries we own, and none while a graph is recorded.
+        fast = in_place_ok(next((g for g in (grad_loss, g_y, *grads_out) if g is not None), None))
         if grad_loss is not None:
             if y is None:
                 y = net.acts[-1].forward(saved[net.pos[-1]])  # recompute y_N = f(x_N)
             scale = _scale(grad_loss, ctx.reduction, y.shape[0])
             g = y - target  # BP1's first factor: y_N − t (in float32 under autocast)
-            g = g.mul_(scale) if in_place_ok(grad_loss) else g * scale
+            g = g.mul_(scale) if fast else g * scale
             if needs[1]:
                 grad_target = -g  # ∂c/∂t = −(y_N − t)
             if g.dtype != y.dtype:  # autocast: the error in float32, the network in its own dtype
@@ -274,7 +278,8 @@ class MLPLossFunction(ManualFunction):
         if g_y is not None:  # y_N is an output too: its gradient joins ∂c/∂y_N
             g = g_y if g is None else g + g_y
         owned = g is not g_y  # a temporary of ours, not the incoming gradient
-        grad_input, grads = _backprop(net, saved, (needs[0], False, *needs[4:]), (g, *grads_out), owned)
+        needs = (needs[0], False, *needs[4:])
+        grad_input, grads = _backprop(net, saved, needs, (g, *grads_out), owned, fast)
         return (grad_input, grad_target, None, None, *grads)
 
 
@@ -317,11 +322,17 @@ def _activations(activation: Any, output_activation: Any, depth: int) -> tuple[A
     return (hidden,) * (depth - 1) + (out,)
 
 
+def _autocast_args(input: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The input and parameters cast as autocast casts a matmul's operands (unchanged without it)."""
+    cast = autocast_dtype(input)
+    if cast is None:
+        return input, params
+    return autocast_cast(input, cast), [autocast_cast(p, cast) for p in params]  # type: ignore[misc]
+
+
 def _run(input: Tensor, net: _Net, params: list[Tensor]) -> Tensor:
     """Flatten ``(*, D_0)`` to 2-D, cast for autocast, apply :class:`MLPFunction`, restore the shape."""
-    cast = autocast_dtype(input)
-    if cast is not None:
-        input, *params = (autocast_cast(t, cast) for t in (input, *params))  # type: ignore[assignment]
+    input, params = _autocast_args(input, params)
     if input.dim() == 2:
         return MLPFunction.apply(input, net, *params)[0]
     lead = input.shape[:-1]
@@ -363,10 +374,9 @@ def _run_loss(input: Tensor, target: Tensor, reduction: str, net: _Net, params: 
     ``half_squared_error`` run there): ``y_N − t`` promotes to float32 inside the one Function,
     which keeps ``y_N`` once, in the network's dtype, where a separate loss would keep a float32
     copy as well."""
-    cast = autocast_dtype(input)
-    if cast is not None:
-        input, *params = (autocast_cast(t, cast) for t in (input, *params))  # type: ignore[assignment]
-        target = target.float() if target.dtype in (torch.float16, torch.bfloat16) else target
+    if autocast_dtype(input) is not None:
+        input, params = _autocast_args(input, params)
+        target = _to_float32(target)
     lead = input.shape[:-1]
     if input.dim() != 2:
         input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1, target.shape[-1])
