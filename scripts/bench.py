@@ -344,16 +344,16 @@ def in_fresh_process(args: argparse.Namespace, fn: Callable[..., Any], *fn_args:
 
 
 def pooled(
-    parts: list[dict[str, list[float]]],
+    parts: list[dict[str, list[float]]], base: str = "native"
 ) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """Per-repetition times of several processes (a path may be missing from some): the median
-    time and the median ratio to native over all repetitions of all processes, and each
+    time and the median ratio to ``base`` over all repetitions of all processes, and each
     process's median ratio (the spread between processes)."""
     times: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
     by_process: dict[str, list[float]] = {}
     for part in parts:
-        for name, rs in rep_ratios(part).items():
+        for name, rs in rep_ratios(part, base).items():
             times.setdefault(name, []).extend(part[name])
             ratios.setdefault(name, []).extend(rs)
             by_process.setdefault(name, []).append(statistics.median(rs))
@@ -468,20 +468,9 @@ def run_digits(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
     parts = [in_fresh_process(args, digits_epoch, args, reps) for _ in range(args.procs)]
     rows = []
     for i, task in enumerate(p["task"] for p in parts[0]):
-        runs = [part[i]["rep_seconds"] for part in parts]
-        times: dict[str, list[float]] = {}
-        for run in runs:
-            for name, ts in run.items():
-                times.setdefault(name, []).extend(ts)
-        ratios = [r for run in runs for r in rep_ratios(run, "sklearn")["engine"]]
-        rows.append(
-            {
-                "task": task,
-                "seconds": {name: statistics.median(ts) for name, ts in times.items()},
-                "ratio": statistics.median(ratios),
-                "ratio_by_process": [statistics.median(rep_ratios(run, "sklearn")["engine"]) for run in runs],
-            }
-        )
+        times, ratios, by_process = pooled([part[i]["rep_seconds"] for part in parts], "sklearn")
+        row = {"task": task, "seconds": times, "ratio": ratios["engine"]}
+        rows.append({**row, "ratio_by_process": by_process["engine"]})
     return rows
 
 
