@@ -781,3 +781,28 @@ def test_loss_errors() -> None:
         mlp_loss(x, torch.rand(5, 2), [w0, torch.randn(2, 5)])
     with pytest.raises(ValueError, match="0-d"):
         mlp_loss(torch.tensor(1.0), torch.rand(2), [w0, w1])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "identity"])
+def test_gradcheck_with_an_input_that_needs_no_gradient(activation: str) -> None:
+    """Then ``W_0`` is not kept (only ``∂c/∂y_0`` uses it): gradients and second derivatives with
+    respect to the parameters only, for the network and for the network with its error."""
+    torch.manual_seed(33)
+    net = manual_bp.MLP([3, 4, 2], activation, dtype=F64)
+    params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    x = make_tensor((5, 3), dtype=F64, device="cpu", low=-1, high=1)  # no gradient
+    t = make_tensor((5, 2), dtype=F64, device="cpu", low=-1, high=1)
+    acts = dict(activation=activation)
+
+    def network(w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        return mlp(x, [w0, w1], [b0, b1], **acts)
+
+    def with_error(w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        return mlp_loss(x, t, [w0, w1], [b0, b1], **acts, reduction="sum")
+
+    for fn in (network, with_error):
+        assert gradcheck(fn, params)
+        assert gradgradcheck(fn, params)
+    out = mlp(x, params[::2], params[1::2], activation)
+    assert out.grad_fn.name() == "MLPFunctionBackward"
+    assert_close(out, native_twin(net)(x))

@@ -279,3 +279,15 @@ def test_linear_keeps_what_native_keeps(grads: str, autocast: bool) -> None:
         assert (a.grad is None) == (b.grad is None)
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("grads", ["weight-bias", "input-bias", "bias"], ids=lambda g: g)
+def test_linear_gradcheck_with_parts_that_need_no_gradient(grads: str) -> None:
+    """gradcheck and gradgradcheck in float64 when only some of x, W, b need a gradient (what is
+    kept for backward depends on it), with leading dims."""
+    torch.manual_seed(32)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad="input" in grads)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad="weight" in grads)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(MF.linear, (x, w, b))
+    assert gradgradcheck(MF.linear, (x, w, b))
