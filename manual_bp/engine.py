@@ -43,9 +43,7 @@ from torch import Tensor
 
 from manual_bp._activations import OWNED, Activation
 from manual_bp._function import (
-    _FLOATING,
     autocast_dtype,
-    autocast_enabled,
     check_floating,
     check_same,
     check_target,
@@ -118,28 +116,16 @@ def _common_call(
 ) -> bool:
     """One cheap test that :func:`sgd_step`'s arguments are the usual ones and would pass every
     check of :func:`_check` and :func:`_check_lr` unchanged: the error ``½‖y − t‖²``, a float
-    ``lr``, a 2-D batch and a target of the network's dtype and device, no autocast (dtypes are
-    singletons, so ``is`` compares them). Anything else goes through the full checks, which say
-    what is wrong. A small step is mostly fixed costs, and the full checks are a tenth of it."""
-    try:
-        weight = params[0]
-        return (
-            loss == "half_squared_error"
-            and (reduction == "mean" or reduction == "sum")
-            and type(lr) is float
-            and 0.0 < lr < math.inf
-            and x.ndim == 2
-            and x.dtype is weight.dtype
-            and target.dtype is weight.dtype
-            and weight.dtype in _FLOATING
-            and x.shape[1] == mlp.sizes[0]
-            and target.shape == (x.shape[0], mlp.sizes[-1])
-            and x.device == weight.device
-            and target.device == weight.device
-            and not autocast_enabled()
-        )
-    except AttributeError:  # not tensors: the full checks say what came
-        return False
+    ``lr``, and what :meth:`MLP._plain_call` accepts (a 2-D batch and a target of the network's
+    dtype and device, no autocast). Anything else goes through the full checks, which say what
+    is wrong. A small step is mostly fixed costs, and the full checks are a tenth of it."""
+    return (
+        loss == "half_squared_error"
+        and (reduction == "mean" or reduction == "sum")
+        and type(lr) is float
+        and 0.0 < lr < math.inf
+        and mlp._plain_call(x, target, params)
+    )
 
 
 def _no_autocast(x: Tensor) -> Any:

@@ -322,17 +322,18 @@ def _activations(activation: Any, output_activation: Any, depth: int) -> tuple[A
     return (hidden,) * (depth - 1) + (out,)
 
 
-def _autocast_args(input: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """The input and parameters cast as autocast casts a matmul's operands (unchanged without it)."""
+def _autocast_args(input: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor], torch.dtype | None]:
+    """The input and parameters cast as autocast casts a matmul's operands (unchanged without it),
+    and the autocast dtype (``None`` without autocast)."""
     cast = autocast_dtype(input)
     if cast is None:
-        return input, params
-    return autocast_cast(input, cast), [autocast_cast(p, cast) for p in params]  # type: ignore[misc]
+        return input, params, None
+    return autocast_cast(input, cast), [autocast_cast(p, cast) for p in params], cast  # type: ignore[return-value]
 
 
 def _run(input: Tensor, net: _Net, params: list[Tensor]) -> Tensor:
     """Flatten ``(*, D_0)`` to 2-D, cast for autocast, apply :class:`MLPFunction`, restore the shape."""
-    input, params = _autocast_args(input, params)
+    input, params, _ = _autocast_args(input, params)
     if input.dim() == 2:
         return MLPFunction.apply(input, net, *params)[0]
     lead = input.shape[:-1]
@@ -374,8 +375,8 @@ def _run_loss(input: Tensor, target: Tensor, reduction: str, net: _Net, params: 
     ``half_squared_error`` run there): ``y_N − t`` promotes to float32 inside the one Function,
     which keeps ``y_N`` once, in the network's dtype, where a separate loss would keep a float32
     copy as well."""
-    if autocast_dtype(input) is not None:
-        input, params = _autocast_args(input, params)
+    input, params, cast = _autocast_args(input, params)
+    if cast is not None:
         target = _to_float32(target)
     lead = input.shape[:-1]
     if input.dim() != 2:
@@ -410,9 +411,10 @@ def mlp_loss(
         raise ValueError("mlp_loss expected input of shape (*, D_0), got a 0-d tensor")
     check_reduction(reduction)
     params, has_bias = _check_params(weights, biases, input.shape[-1])
-    if autocast_dtype(input) is None:
+    plain = autocast_dtype(input) is None  # (under autocast the Function's inputs are casts)
+    if plain:
         check_same("input", input, "weights[0]", weights[0])
-    check_target(target, input, "input", weights[-1].shape[0], autocast_dtype(input) is None)
+    check_target(target, input, "input", weights[-1].shape[0], plain)
     net = _net(_activations(activation, output_activation, len(weights)), has_bias)
     return _run_loss(input, target, reduction, net, params)
 
@@ -544,26 +546,10 @@ class MLP(nn.Module):
         >>> loss.shape, loss.grad_fn.name()
         (torch.Size([]), 'MLPLossFunctionBackward')
         """
-        if self.fused and not _autocast_on():  # the common case, checked in one cheap test
+        if self.fused:
             params = self.parameters_flat()
-            weight, net = params[0], self._net
-            try:
-                common = (
-                    input.ndim == 2
-                    and input.dtype is weight.dtype
-                    and target.dtype is weight.dtype
-                    and input.shape[1] == self.sizes[0]
-                    and target.shape == (input.shape[0], self.sizes[-1])
-                    and input.device == weight.device
-                    and target.device == weight.device
-                    and weight.dtype in _FLOATING
-                    and reduction in _REDUCTIONS
-                    and len(params) == net.step * net.depth
-                )
-            except AttributeError:  # not tensors: the checks below say what came
-                common = False
-            if common:
-                return MLPLossFunction.apply(input, target, reduction, net, *params)[0]
+            if reduction in _REDUCTIONS and self._plain_call(input, target, params):
+                return MLPLossFunction.apply(input, target, reduction, self._net, *params)[0]
         self._check_input(input)
         check_reduction(reduction)
         # (under autocast half_squared_error casts, then checks the dtypes)
@@ -571,6 +557,30 @@ class MLP(nn.Module):
         if not self.fused:
             return half_squared_error(self(input), target, reduction)
         return _run_loss(input, target, reduction, self._net, self._fused_params(input))
+
+    def _plain_call(self, input: Any, target: Any, params: list[Tensor]) -> bool:
+        """One cheap test that ``input`` and ``target`` are the usual ones and would pass every check
+        unchanged: a 2-D batch and its target, of the parameters' dtype and device, no autocast,
+        and ``params`` (:meth:`parameters_flat`) laid out as the network's plan. The common call
+        of :meth:`loss` and of ``engine.sgd_step``, which then skip their full checks (a small step
+        is mostly fixed costs); anything else goes through them, and they say what is wrong.
+        Dtypes are singletons, so ``is`` compares them."""
+        try:
+            weight, net = params[0], self._net
+            return (
+                input.ndim == 2
+                and input.dtype is weight.dtype
+                and target.dtype is weight.dtype
+                and input.shape[1] == self.sizes[0]
+                and target.shape == (input.shape[0], self.sizes[-1])
+                and input.device == weight.device
+                and target.device == weight.device
+                and weight.dtype in _FLOATING
+                and len(params) == net.step * net.depth
+                and not _autocast_on()
+            )
+        except AttributeError:  # not tensors: the full checks say what came
+            return False
 
     def _check_input(self, input: Any) -> None:
         if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
