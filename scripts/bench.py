@@ -233,19 +233,6 @@ def rep_ratios(times: dict[str, list[float]], base: str = "native") -> dict[str,
     return {name: [t / b for t, b in zip(ts, times[base], strict=True)] for name, ts in times.items()}
 
 
-def interleaved(
-    steps: dict[str, Callable[[], None]], reps: int, device: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median time per step of each path, and the median over repetitions of each path's time
-    divided by the first path's time in the same repetition."""
-    times = interleaved_times(steps, reps, device)
-    ratios = rep_ratios(times, next(iter(steps)))
-    return (
-        {name: statistics.median(ts) for name, ts in times.items()},
-        {name: statistics.median(rs) for name, rs in ratios.items()},
-    )
-
-
 def saved_bytes(run: Callable[[], torch.Tensor], held: list[torch.Tensor]) -> int:
     """Bytes of the distinct tensors autograd saves for backward that the step itself allocated.
 

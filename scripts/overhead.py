@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "native op": bench.autograd_step(with_extra(NativeTimes1), bench.native_loss, x, t),
         "Function": bench.autograd_step(with_extra(FunctionTimes1), bench.native_loss, x, t),
     }
-    times, _ = bench.interleaved(steps, args.reps, "cpu")
+    times = bench.pooled([bench.interleaved_times(steps, args.reps, "cpu")], "network")[0]  # medians
     per = {k: (times[k] - times["network"]) / args.extra for k in ("native op", "Function")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 64 x 64 tensors")
     print(f"native step of the 64-64-64 sigmoid network: {times['network'] * 1e6:.1f} us")
