@@ -141,3 +141,20 @@ def half_squared_error_native(input: Tensor, target: Tensor, reduction: str = "m
     if reduction == "mean":
         return per_sample.mean()
     return per_sample.sum() if reduction == "sum" else per_sample
+
+
+def saved_storage_bytes(run: Callable[[], Any], held: Sequence[Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves while ``run()`` runs, those of ``held`` (what
+    the caller keeps anyway: parameters, input, target) excluded."""
+    skip = {t.untyped_storage().data_ptr() for t in held}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from _samples import saved_storage_bytes
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.testing import assert_close, make_tensor
@@ -368,23 +369,7 @@ def test_torch_compile_fullgraph_gives_eager_gradients() -> None:
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct non-parameter storages autograd saves for one forward."""
-    return step_saved_bytes(lambda: model(x), list(model.parameters()))
-
-
-def step_saved_bytes(run: object, held: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves while ``run()`` runs, ``held`` excluded."""
-    skip = {p.untyped_storage().data_ptr() for p in held}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()  # type: ignore[operator]
-    return sum(seen.values())
+    return saved_storage_bytes(lambda: model(x), list(model.parameters()))
 
 
 @pytest.mark.parametrize("depth", [2, 8])
@@ -666,9 +651,9 @@ def test_loss_saves_one_tensor_per_layer(activation: str, depth: int) -> None:
     twin = native_twin(net)
     x, t = torch.randn(batch, width), torch.rand(batch, width)
     held = [*net.parameters(), *twin.parameters(), x, t]
-    fused = step_saved_bytes(lambda: net.loss(x, t), held)
-    separate = step_saved_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
-    native = step_saved_bytes(lambda: native_hse(twin(x), t, "mean"), held)
+    fused = saved_storage_bytes(lambda: net.loss(x, t), held)
+    separate = saved_storage_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
+    native = saved_storage_bytes(lambda: native_hse(twin(x), t, "mean"), held)
     one = batch * width * 4  # bytes of one (batch, width) float32 activation
     assert fused == one * depth
     assert fused <= separate <= native
@@ -691,11 +676,11 @@ def test_autocast_saves_at_most_native(activation: str, depth: int) -> None:
     x, t = torch.randn(batch, width), torch.rand(batch, width)
     held = [*net.parameters(), *twin.parameters(), x, t]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = step_saved_bytes(lambda: net.loss(x, t), held)
-        separate = step_saved_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
-        native = step_saved_bytes(lambda: native_hse(twin(x).float(), t, "mean"), held)
-        network = step_saved_bytes(lambda: net(x), held)
-        native_network = step_saved_bytes(lambda: twin(x), held)
+        fused = saved_storage_bytes(lambda: net.loss(x, t), held)
+        separate = saved_storage_bytes(lambda: manual_bp.HalfSquaredError()(net(x), t), held)
+        native = saved_storage_bytes(lambda: native_hse(twin(x).float(), t, "mean"), held)
+        network = saved_storage_bytes(lambda: net(x), held)
+        native_network = saved_storage_bytes(lambda: twin(x), held)
     assert fused < separate <= native
     assert network <= native_network
     cast = batch * width * 2  # one (batch, width) bfloat16 tensor; the weights are (width, width)

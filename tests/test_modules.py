@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from _samples import ACTIVATION_IDS, ACTIVATIONS, Activation, half_squared_error_native, sample
+from _samples import (
+    ACTIVATION_IDS,
+    ACTIVATIONS,
+    Activation,
+    half_squared_error_native,
+    sample,
+    saved_storage_bytes,
+)
 from torch import Tensor, nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
@@ -235,21 +242,6 @@ def test_double_backward_through_modules(act: Activation) -> None:
     assert gradgradcheck(f, (x, *params), fast_mode=True)
 
 
-def _saved_storage_bytes(run: Callable[[], Tensor], held: list[Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves while ``run()`` runs, ``held`` excluded."""
-    skip = {t.untyped_storage().data_ptr() for t in held}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        if t.untyped_storage().data_ptr() not in skip:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
 @pytest.mark.parametrize("grads", ["input-weight-bias", "weight-bias", "input-bias", "bias"], ids=lambda g: g)
 def test_linear_keeps_what_native_keeps(grads: str, autocast: bool) -> None:
@@ -267,8 +259,8 @@ def test_linear_keeps_what_native_keeps(grads: str, autocast: bool) -> None:
     x_native = x.detach().clone().requires_grad_(x.requires_grad)
     held = [*native.parameters(), *layer.parameters(), x, x_native]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        mine = _saved_storage_bytes(lambda: layer(x), held)
-        theirs = _saved_storage_bytes(lambda: native(x_native), held)
+        mine = saved_storage_bytes(lambda: layer(x), held)
+        theirs = saved_storage_bytes(lambda: native(x_native), held)
         out, want = layer(x), native(x_native)
     assert mine <= theirs
     grad_out = torch.randn_like(want)
