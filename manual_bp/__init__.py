@@ -17,46 +17,32 @@ A batch is ``(N, D)`` (layers accept any ``(*, D)``), ``W`` is ``(D_out, D_in)``
 ``torch.nn.Linear``, ``x`` is a pre-activation, ``y = f(x)`` an activation and ``δ = ∂c/∂x``.
 """
 
-from manual_bp import check, engine, functional
-from manual_bp.convert import conversion_report, convert, native_twin, revert
-from manual_bp.mlp import MLP
-from manual_bp.modules import (
-    ELU,
-    GELU,
-    CrossEntropyLoss,
-    HalfSquaredError,
-    Identity,
-    LeakyReLU,
-    Linear,
-    ReLU,
-    Sigmoid,
-    SiLU,
-    Softplus,
-    Tanh,
-)
+from manual_bp import check as check
+from manual_bp import engine as engine
+from manual_bp import functional as functional
+from manual_bp import modules as modules
+from manual_bp import ops as ops
+from manual_bp.convert import conversion_report as conversion_report
+from manual_bp.convert import convert as convert
+from manual_bp.convert import native_twin as native_twin
+from manual_bp.convert import revert as revert
+from manual_bp.mlp import MLP as MLP
+from manual_bp.modules import *  # noqa: F403 (the drop-in layers, from the op registry)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ELU",
-    "GELU",
-    "MLP",
-    "CrossEntropyLoss",
-    "HalfSquaredError",
-    "Identity",
-    "LeakyReLU",
-    "Linear",
-    "ReLU",
-    "SiLU",
-    "Sigmoid",
-    "Softplus",
-    "Tanh",
-    "__version__",
-    "check",
-    "conversion_report",
-    "convert",
-    "engine",
-    "functional",
-    "native_twin",
-    "revert",
-]
+__all__ = sorted(
+    [
+        *modules.__all__,
+        "MLP",
+        "__version__",
+        "check",
+        "conversion_report",
+        "convert",
+        "engine",
+        "functional",
+        "native_twin",
+        "ops",
+        "revert",
+    ]
+)

@@ -32,47 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manual_bp import modules as M
 from manual_bp.mlp import MLP
+from manual_bp.ops import MODULE_TWINS, TORCH_FUNCTIONS, callable_name
+from manual_bp.ops.losses import HalfSquaredError
 
 __all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "native_twin", "revert"]
 
 _log = logging.getLogger(__name__)
 
-# torch.nn class -> manual twin. Every twin subclasses its key and overrides only ``forward``.
-_NATIVE_TO_MANUAL: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: M.Linear,
-    nn.Sigmoid: M.Sigmoid,
-    nn.Tanh: M.Tanh,
-    nn.ReLU: M.ReLU,
-    nn.LeakyReLU: M.LeakyReLU,
-    nn.ELU: M.ELU,
-    nn.Softplus: M.Softplus,
-    nn.GELU: M.GELU,
-    nn.SiLU: M.SiLU,
-    nn.Identity: M.Identity,
-    nn.CrossEntropyLoss: M.CrossEntropyLoss,
-}
+# torch.nn class -> manual twin (from the op registry). Every twin subclasses its key and overrides
+# only ``forward``.
+_NATIVE_TO_MANUAL: dict[type[nn.Module], type[nn.Module]] = MODULE_TWINS
 _MANUAL_TO_NATIVE: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _NATIVE_TO_MANUAL.items()}
 
 # Functions that do what a convertible module does; found as module attributes they are reported.
-_FUNCTIONAL_TWINS: dict[Any, str] = {
-    F.linear: "torch.nn.functional.linear",
-    F.relu: "torch.nn.functional.relu",
-    F.gelu: "torch.nn.functional.gelu",
-    F.silu: "torch.nn.functional.silu",
-    F.elu: "torch.nn.functional.elu",
-    F.leaky_relu: "torch.nn.functional.leaky_relu",
-    F.softplus: "torch.nn.functional.softplus",
-    F.sigmoid: "torch.nn.functional.sigmoid",
-    F.tanh: "torch.nn.functional.tanh",
-    torch.relu: "torch.relu",
-    torch.sigmoid: "torch.sigmoid",
-    torch.tanh: "torch.tanh",
-}
+_FUNCTIONAL_TWINS: dict[Any, str] = {fn: callable_name(fn) for fn in TORCH_FUNCTIONS}
 
 FUNCTIONAL_NOTE = (
     "activations called as functions inside forward (F.relu(x), torch.tanh(x), x.sigmoid()) or "
@@ -218,7 +194,7 @@ def _opaque_reason(module: nn.Module) -> str | None:
     """Why convert/revert must not look inside ``module``, or ``None``."""
     if isinstance(module, torch.jit.ScriptModule):
         return "TorchScript module: its code is compiled and cannot be changed"
-    if isinstance(module, (MLP, M.HalfSquaredError)):
+    if isinstance(module, (MLP, HalfSquaredError)):
         return f"manual_bp.{type(module).__name__} computes its own backward; left as it is"
     return None
 
@@ -312,11 +288,12 @@ def _copy(model: nn.Module, who: str) -> nn.Module:
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Swap every ``torch.nn.Linear`` and supported activation module of ``model`` for its manual twin.
 
-    Converted: ``nn.Linear`` and its subclasses that keep ``Linear.forward`` (e.g. the ``out_proj``
-    of ``nn.MultiheadAttention``), ``nn.Sigmoid``, ``Tanh``, ``ReLU``, ``LeakyReLU``, ``ELU``,
-    ``Softplus``, ``GELU``, ``SiLU``, ``Identity`` and ``nn.CrossEntropyLoss`` (``label_smoothing=0``
-    only), anywhere in the model, the model itself included. Everything else stays native and
-    composes with manual layers through autograd. Parameters (the same objects when
+    Converted: every ``torch.nn`` class of the op registry (:data:`manual_bp.ops.MODULE_TWINS`:
+    ``nn.Linear`` and its subclasses that keep ``Linear.forward``, e.g. the ``out_proj`` of
+    ``nn.MultiheadAttention``; the activations ``nn.Sigmoid``, ``Tanh``, ``ReLU``, ``GELU``,
+    ``SELU``, ``PReLU``, ...; ``nn.CrossEntropyLoss`` with ``label_smoothing=0``), anywhere in
+    the model, the model itself included. Everything else stays native and composes with manual
+    layers through autograd. Parameters (the same objects when
     ``inplace=True``), names, buffers, hooks, ``requires_grad``, dtype, device, train/eval mode and
     ``state_dict`` are unchanged; only ``forward`` changes. ``inplace=True`` on native activations
     (``nn.ReLU(inplace=True)``) is computed out of place.
@@ -421,7 +398,7 @@ class _NativeMLP(nn.Module):
             native = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
             native.weight, native.bias = layer.weight, layer.bias  # shared: the caller deep-copies
             self.layers.append(native)
-        self.acts = [act.native() for act in mlp.activations]
+        self.acts = [act.native_module() for act in mlp.activations]
 
     def forward(self, input: Tensor) -> Tensor:
         y = input

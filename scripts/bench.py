@@ -59,6 +59,7 @@ from torch import nn
 
 import manual_bp
 from manual_bp import engine
+from manual_bp.ops import get_activation
 
 # ----------------------------------------------------------------------------- configuration
 BATCHES = (32, 64, 256, 1024)
@@ -77,22 +78,8 @@ TARGETS = {  # size class -> path -> largest allowed ratio to native (issue 6)
     "medium": {"manual": 1.05, "fused": 1.0, "engine": 0.8},
     "large": {"manual": 1.03, "fused": 1.0, "engine": 1.0},
 }
-NATIVE_ACT = {
-    "sigmoid": nn.Sigmoid,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-}
-MANUAL_ACT = {
-    "sigmoid": manual_bp.Sigmoid,
-    "relu": manual_bp.ReLU,
-    "gelu": manual_bp.GELU,
-    "tanh": manual_bp.Tanh,
-    "silu": manual_bp.SiLU,
-    "softplus": manual_bp.Softplus,
-}
+# activations by name, from the op registry (--config accepts any parameter-free one)
+ACTIVATION_NAMES = [name for name in manual_bp.ops.ACTIVATION_NAMES if name != "identity"]
 
 
 def size_class(batch: int, width: int) -> str:
@@ -110,7 +97,7 @@ def size_class(batch: int, width: int) -> str:
 def native_model(sizes: list[int], act: str, device: str, dtype: torch.dtype) -> nn.Sequential:
     layers: list[nn.Module] = []
     for d_in, d_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(d_in, d_out, device=device, dtype=dtype), NATIVE_ACT[act]()]
+        layers += [nn.Linear(d_in, d_out, device=device, dtype=dtype), get_activation(act).native_module()]
     return nn.Sequential(*layers)
 
 
@@ -127,7 +114,8 @@ def manual_layers(native: nn.Sequential, act: str) -> nn.Sequential:
             lin.load_state_dict(module.state_dict())
             layers.append(lin)
         else:
-            layers.append(MANUAL_ACT[act]())
+            act_ = get_activation(act)
+            layers.append(type(act_).Module(**act_.params()))
     return nn.Sequential(*layers)
 
 
@@ -471,10 +459,10 @@ def parse_config(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, 
     sizes, _, act = text.partition(":")
     parts = sizes.lower().split("x")
     sizes_ok = len(parts) == 3 and all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts)
-    if not sizes_ok or act not in NATIVE_ACT:
+    if not sizes_ok or act not in ACTIVATION_NAMES:
         parser.error(
             f"--config must be BATCHxWIDTHxDEPTH:ACT with positive sizes and ACT one of "
-            f"{', '.join(NATIVE_ACT)}, e.g. 64x128x2:sigmoid; got {text!r}"
+            f"{', '.join(ACTIVATION_NAMES)}, e.g. 64x128x2:sigmoid; got {text!r}"
         )
     batch, width, depth = (int(p) for p in parts)
     return batch, width, depth, act

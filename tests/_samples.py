@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-import manual_bp
-import manual_bp.functional as MF
+from manual_bp.ops import ACTIVATIONS as REGISTRY_ACTIVATIONS
+from manual_bp.ops import Elementwise
+from manual_bp.ops.activations import Identity
+from manual_bp.ops.losses import half_squared_error_reference
 
 # Batch shapes the issue asks for: no batch dim, an empty batch, [8], [2, 3] and a 5-D input.
 BATCH_SHAPES: dict[str, tuple[int, ...]] = {
@@ -85,47 +86,27 @@ class Activation:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _act(
-    id: str,
-    name: str,
-    cls: str,
-    function: type[torch.autograd.Function],
-    away_from: tuple[float, ...] = (),
-    **kwargs: Any,
-) -> Activation:
-    manual_fn = getattr(MF, name)
-    native_fn = getattr(F, name)
+def _setting_id(name: str, setting: dict[str, Any]) -> str:
+    """``leaky_relu-0.2``, ``elu-neg0.5``, ``gelu-tanh``: the op's name and its parameter values."""
+    return "-".join([name, *(str(v).replace("-", "neg") for v in setting.values())])
+
+
+def _act(cls: type[Elementwise], setting: dict[str, Any]) -> Activation:
     return Activation(
-        id=id,
-        manual=lambda x: manual_fn(x, **kwargs),
-        native=lambda x: native_fn(x, **kwargs),
-        function=function,
-        module=lambda: getattr(manual_bp, cls)(**kwargs),
-        native_module=lambda: getattr(nn, cls)(**kwargs),
-        away_from=away_from,
-        kwargs=kwargs,
+        id=_setting_id(cls.name, setting),
+        manual=lambda x: cls.functional(x, **setting),
+        native=lambda x: cls.native_function(x, **setting),
+        function=cls.Function,
+        module=lambda: cls.Module(**setting),
+        native_module=lambda: cls.module(**setting),
+        away_from=cls(**setting).kinks(),
+        kwargs=setting,
     )
 
 
+# every activation of the op registry (manual_bp.ops.ACTIVATIONS), in each of its parameter settings
 ACTIVATIONS: list[Activation] = [
-    _act("sigmoid", "sigmoid", "Sigmoid", MF.SigmoidFunction),
-    _act("tanh", "tanh", "Tanh", MF.TanhFunction),
-    _act("relu", "relu", "ReLU", MF.ReLUFunction, away_from=(0.0,)),
-    _act("leaky_relu", "leaky_relu", "LeakyReLU", MF.LeakyReLUFunction, away_from=(0.0,)),
-    _act("leaky_relu-0.2", "leaky_relu", "LeakyReLU", MF.LeakyReLUFunction, (0.0,), negative_slope=0.2),
-    _act("leaky_relu-neg0.3", "leaky_relu", "LeakyReLU", MF.LeakyReLUFunction, (0.0,), negative_slope=-0.3),
-    _act("elu", "elu", "ELU", MF.ELUFunction, away_from=(0.0,)),
-    _act("elu-2.0", "elu", "ELU", MF.ELUFunction, (0.0,), alpha=2.0),
-    _act("elu-neg0.5", "elu", "ELU", MF.ELUFunction, (0.0,), alpha=-0.5),
-    _act("softplus", "softplus", "Softplus", MF.SoftplusFunction),
-    # β x > threshold for x > 0.5: half the samples take the linear branch; keep off the switch
-    _act("softplus-b2-t1", "softplus", "Softplus", MF.SoftplusFunction, (0.5,), beta=2.0, threshold=1.0),
-    _act(
-        "softplus-b0.5-t0.25", "softplus", "Softplus", MF.SoftplusFunction, (0.5,), beta=0.5, threshold=0.25
-    ),
-    _act("gelu", "gelu", "GELU", MF.GELUFunction),
-    _act("gelu-tanh", "gelu", "GELU", MF.GELUFunction, approximate="tanh"),
-    _act("silu", "silu", "SiLU", MF.SiLUFunction),
+    _act(cls, setting) for cls in REGISTRY_ACTIVATIONS if cls is not Identity for setting in cls.settings
 ]
 ACTIVATION_IDS = [a.id for a in ACTIVATIONS]
 
@@ -135,12 +116,8 @@ def by_id(id: str) -> Activation:
     return next(a for a in ACTIVATIONS if a.id == id)
 
 
-def half_squared_error_native(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """The seed's c = ½‖y − t‖² per sample written with native ops, then reduced over samples."""
-    per_sample = 0.5 * ((input - target) ** 2).sum(-1)
-    if reduction == "mean":
-        return per_sample.mean()
-    return per_sample.sum() if reduction == "sum" else per_sample
+#: The seed's c = ½‖y − t‖² per sample written with native ops, then reduced over samples.
+half_squared_error_native = half_squared_error_reference
 
 
 def saved_storage_bytes(run: Callable[[], Any], held: Sequence[Tensor]) -> int:

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 import manual_bp
 from manual_bp import check
 from manual_bp._function import ManualFunction
+from manual_bp.ops._op import unary_samples
+from manual_bp.ops.linear import _samples as linear_samples
 
 # --------------------------------------------------------------------------------------------
 # The suite
@@ -81,7 +83,7 @@ class _Float32Slope(ManualFunction):
 
 
 def _spec(name: str, fn: Any, native: Any) -> check.OpSpec:
-    return check.OpSpec(name, fn.apply, native, check._unary_samples(kinks=(0.0,)))
+    return check.OpSpec(name, fn.apply, native, unary_samples(kinks=(0.0,)))
 
 
 def test_suite_fails_a_wrong_derivative() -> None:
@@ -111,7 +113,7 @@ def test_suite_reports_a_crash_as_a_failure() -> None:
     def crash(x: Tensor) -> Tensor:
         raise RuntimeError("boom")
 
-    spec = check.OpSpec("crash", crash, torch.sigmoid, check._unary_samples())
+    spec = check.OpSpec("crash", crash, torch.sigmoid, unary_samples())
     with pytest.raises(RuntimeError, match="boom"):  # the first call, to find grad_output's shape, raises
         check.run_suite([spec])
 
@@ -124,9 +126,9 @@ def test_once_differentiable_op_must_refuse_double_backward() -> None:
             (y,) = ctx.saved_tensors
             return grad_output * y * (1 - y)
 
-    good = check.OpSpec("once", Once.apply, torch.sigmoid, check._unary_samples(), double_backward=False)
+    good = check.OpSpec("once", Once.apply, torch.sigmoid, unary_samples(), double_backward=False)
     silent = check.OpSpec(
-        "silent", _WrongSecondDerivative.apply, torch.sigmoid, check._unary_samples(), double_backward=False
+        "silent", _WrongSecondDerivative.apply, torch.sigmoid, unary_samples(), double_backward=False
     )
     assert all(r.passed for r in check.run_suite([good]))
     rows = {r.check: r for r in check.run_suite([silent])}
@@ -134,11 +136,11 @@ def test_once_differentiable_op_must_refuse_double_backward() -> None:
 
 
 def test_samples_are_systematic() -> None:
-    samples = check._unary_samples()(torch.float64, torch.device("cpu"))
+    samples = unary_samples()(torch.float64, torch.device("cpu"))
     shapes = [tuple(s.args[0].shape) for s in samples]
     assert shapes == [(3,), (0, 3), (8, 3), (2, 3, 3), (2, 1, 2, 1, 3), (4, 3)]
     assert not samples[-1].args[0].is_contiguous()
-    linear = check._linear_samples(torch.float64, torch.device("cpu"))
+    linear = linear_samples(torch.float64, torch.device("cpu"))
     assert any(s.args[2] is None for s in linear) and any(not s.args[1].is_contiguous() for s in linear)
 
 

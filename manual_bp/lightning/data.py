@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from manual_bp.ops import ACTIVATION_NAMES, get_activation
+
 __all__ = [
     "ArrayDataModule",
     "DigitsDataModule",
@@ -263,14 +265,6 @@ class DigitsDataModule(ArrayDataModule):
         return x, y
 
 
-_TEACHER_ACTIVATIONS = {
-    "identity": lambda t: t,
-    "relu": torch.relu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-
-
 class TeacherRegressionDataModule(ArrayDataModule):
     """A synthetic regression: targets are a random, seeded teacher network's outputs.
 
@@ -280,7 +274,8 @@ class TeacherRegressionDataModule(ArrayDataModule):
 
     Args:
         sizes: the teacher's layer widths, input first, outputs last.
-        activation: ``"tanh"``, ``"sigmoid"``, ``"relu"`` or ``"identity"``.
+        activation: an activation name of the op registry (``"tanh"``, ``"sigmoid"``, ``"relu"``,
+            ``"identity"``, ...: :data:`manual_bp.ops.ACTIVATION_NAMES`).
         output_activation: as ``activation``, applied to the teacher's output.
         num_samples: samples drawn.
         noise: standard deviation of Gaussian noise added to the targets.
@@ -309,8 +304,8 @@ class TeacherRegressionDataModule(ArrayDataModule):
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must hold at least two positive widths, got {list(sizes)}")
         for name, value in (("activation", activation), ("output_activation", output_activation)):
-            if value not in _TEACHER_ACTIVATIONS:
-                raise ValueError(f"{name} must be one of {sorted(_TEACHER_ACTIVATIONS)}, got {value!r}")
+            if value not in ACTIVATION_NAMES:
+                raise ValueError(f"{name} must be one of {sorted(ACTIVATION_NAMES)}, got {value!r}")
         if num_samples < 10:
             raise ValueError(f"num_samples must be at least 10, got {num_samples}")
         if noise < 0 or not math.isfinite(noise):
@@ -331,7 +326,7 @@ class TeacherRegressionDataModule(ArrayDataModule):
             w = torch.randn(d_out, d_in, generator=generator) / math.sqrt(d_in)  # (D_out, D_in)
             b = 0.1 * torch.randn(d_out, generator=generator)
             h = h @ w.T + b  # (N, D_in) @ (D_in, D_out) -> (N, D_out)
-            h = _TEACHER_ACTIVATIONS[self.output_activation if n == last else self.activation](h)
+            h = get_activation(self.output_activation if n == last else self.activation).f(h)
         y = h + self.noise * torch.randn(h.shape, generator=generator)  # (N, D_last)
         return x, y
 

@@ -1,0 +1,171 @@
+r"""Linear: FF ``x_{n+1} = y_n Wᵀ + b``; BP2's linear half ``δ_{n+1} W``; BP3 ``δ_{n+1}ᵀ y_n``
+and ``Σ_rows δ_{n+1}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from manual_bp._function import (
+    _FLOATING,
+    ManualFunction,
+    autocast_cast,
+    autocast_dtype,
+    check_floating,
+    check_same,
+)
+from manual_bp._torch_private import autocast_on
+from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
+
+__all__ = ["LINEAR_OPS", "Linear", "LinearFunction", "linear"]
+
+
+class LinearFunction(ManualFunction):
+    r"""``y = x Wᵀ + b``.
+
+    .. math::
+        \frac{\partial c}{\partial x} = \delta W, \quad
+        \frac{\partial c}{\partial W} = \delta^\top x, \quad
+        \frac{\partial c}{\partial b} = \textstyle\sum_{\text{rows}} \delta
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(input, weight, bias)  # FF: (*, D_in) @ (D_in, D_out) -> (*, D_out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, weight, bias = inputs
+        needs = ctx.needs_input_grad
+        # W only for ∂c/∂x = δ W, x only for ∂c/∂W = δᵀ x (as native autograd keeps them): under
+        # autocast they are casts, new memory
+        ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        flat = grad_output.dim() == 2  # a plain batch: mm, and no reshapes (a few µs less per call)
+        grad_input = grad_weight = grad_bias = None
+        if needs[0]:
+            # BP2, linear half: δ_n' = δ_{n+1} W; (*, D_out) @ (D_out, D_in) -> (*, D_in)
+            grad_input = grad_output.mm(weight) if flat else grad_output.matmul(weight)
+        if needs[1] or (ctx.has_bias and needs[2]):
+            delta = (
+                grad_output if flat else grad_output.reshape(-1, grad_output.shape[-1])
+            )  # (*, D_out) -> (N, D_out)
+            if needs[1]:
+                # BP3: ∂c/∂W = δᵀ y; (D_out, N) @ (N, D_in) -> (D_out, D_in)
+                grad_weight = delta.t().mm(input if flat else input.reshape(-1, input.shape[-1]))
+            if ctx.has_bias and needs[2]:
+                grad_bias = delta.sum(0)  # BP3: ∂c/∂b = Σ_rows δ; (N, D_out) -> (D_out,)
+        return grad_input, grad_weight, grad_bias
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight.T + bias`` with the explicit backward of :class:`LinearFunction`.
+
+    Shape: ``input (*, D_in)``, ``weight (D_out, D_in)``, ``bias (D_out,)`` -> ``(*, D_out)``.
+    Under ``torch.autocast`` the inputs are cast like the native ``linear`` (float64 untouched)
+    and gradients flow back in each parameter's own dtype.
+    """
+    if not autocast_on() and _linear_args_ok(input, weight, bias):
+        return LinearFunction.apply(input, weight, bias)  # the common case, checked cheaply
+    _check_linear(input, weight, bias)
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+    check_same("input", input, "weight", weight)
+    if bias is not None:
+        check_same("bias", bias, "weight", weight)
+    return LinearFunction.apply(input, weight, bias)
+
+
+def _linear_args_ok(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """One cheap test that the arguments need no cast and would pass every check of ``_check_linear``
+    (dtypes are singletons, so ``is`` compares them; a 0-d input fails on ``shape[-1]``)."""
+    try:
+        dtype = weight.dtype
+        return (
+            input.dtype is dtype
+            and dtype in _FLOATING
+            and weight.ndim == 2
+            and input.shape[-1] == weight.shape[1]
+            and input.device == weight.device
+            and (
+                bias is None
+                or (bias.dtype is dtype and bias.shape == weight.shape[:1] and bias.device == weight.device)
+            )
+        )
+    except (AttributeError, IndexError):  # not tensors, or a 0-d input: let _check_linear say so
+        return False
+
+
+def _check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """Raise a clear error for arguments ``linear`` cannot take (dtype and device checked after casts)."""
+    check_floating("input", input)
+    check_floating("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear expected input of shape (*, {weight.shape[1]}) (in_features={weight.shape[1]}), "
+            f"got shape {tuple(input.shape)}"
+        )
+    if bias is not None:
+        check_floating("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got shape {tuple(bias.shape)}")
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` with the explicit backward of :func:`manual_bp.functional.linear`.
+
+    Shape ``(*, in_features) -> (*, out_features)``; ``weight (out_features, in_features)`` and
+    ``bias (out_features,)``, initialised as ``torch.nn.Linear`` does.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.Linear(3, 2)
+    >>> layer(torch.randn(4, 3)).grad_fn.name()
+    'LinearFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"  # its public home (the drop-in layers)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return linear(input, self.weight, self.bias)
+
+
+def _samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
+    out = []
+    for bias in (True, False):
+        tag = "bias" if bias else "no bias"
+        for b in BATCHES:
+            w = tensor((2, 3), dtype, device)
+            x = tensor((*b, 3), dtype, device)
+            out.append(
+                Sample((x, w, tensor((2,), dtype, device) if bias else None), label=f"{tag}, batch {list(b)}")
+            )
+        w = noncontiguous((2, 3), dtype, device)
+        x = noncontiguous((5, 3), dtype, device)
+        out.append(
+            Sample((x, w, tensor((2,), dtype, device) if bias else None), label=f"{tag}, non-contiguous")
+        )
+    return out
+
+
+LINEAR_OPS: tuple[Op, ...] = (
+    Op(
+        "linear",
+        linear,
+        F.linear,
+        _samples,
+        LinearFunction,
+        modules=((nn.Linear, Linear),),
+        torch_functions=(F.linear,),
+    ),
+)
