@@ -398,7 +398,13 @@ class _NativeMLP(nn.Module):
             native = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
             native.weight, native.bias = layer.weight, layer.bias  # shared: the caller deep-copies
             self.layers.append(native)
-        self.acts = [act.native_module() for act in mlp.activations]
+        if hasattr(mlp, "activation_layers"):  # learned activations: native modules, same parameters
+            self.activation_layers = nn.ModuleList(copy.copy(m) for m in mlp.activation_layers)
+            for m in self.activation_layers:
+                m.__class__ = _MANUAL_TO_NATIVE[type(m)]
+            self.acts: list[nn.Module] = list(self.activation_layers)
+        else:
+            self.acts = [act.native_module() for act in mlp.activations]
 
     def forward(self, input: Tensor) -> Tensor:
         y = input

@@ -21,10 +21,10 @@ from manual_bp._function import (
     check_target,
 )
 from manual_bp._torch_private import autocast_on
-from manual_bp.ops import Elementwise, get_activation
+from manual_bp.ops import Elementwise, resolve_activation
 from manual_bp.ops.linear import Linear
 from manual_bp.ops.losses import half_squared_error
-from manual_bp.ops.network import Layer, MLPLossFunction, _net, run, run_loss
+from manual_bp.ops.network import Layer, MLPLossFunction, _Net, _net, run, run_loss
 
 __all__ = ["MLP"]
 
@@ -52,6 +52,8 @@ class MLP(nn.Module):
         bias: whether every layer has a bias.
         fused: ``True`` runs the network as one :class:`MLPFunction` (the seed's loop in one
             backward); ``False`` chains the per-layer Functions of :mod:`manual_bp.functional`.
+            A learned activation (``"prelu"``: one ``manual_bp.PReLU`` per layer, in
+            ``mlp.activation_layers``) always runs the per-layer Functions.
             The parameters and ``state_dict`` (``layers.0.weight``, ``layers.0.bias``, …) are the
             same either way; the attribute may be changed at any time.
 
@@ -87,39 +89,56 @@ class MLP(nn.Module):
             if size <= 0:
                 raise ValueError(f"sizes must be positive, got {size} in {sizes}")
         self.sizes: tuple[int, ...] = tuple(sizes)
-        self._activation = get_activation(activation)
+        self._activation = resolve_activation(activation)
         self._output_activation = (
-            self._activation if output_activation is None else get_activation(output_activation)
+            self._activation if output_activation is None else resolve_activation(output_activation)
         )
         self.fused = bool(fused)
         self.layers = nn.ModuleList(
             Linear(d_in, d_out, bias=bias, device=device, dtype=dtype)
             for d_in, d_out in zip(sizes, sizes[1:], strict=False)
         )
-        self._net = _net(self.activations, bias)
+        self._net: _Net | None = None
+        if any(isinstance(a, type) for a in self.activations):
+            # a learned activation (prelu): one module per layer, each with its own parameter; the
+            # network runs the per-layer Functions (the fused loop and the engine know W and b only)
+            self.activation_layers = nn.ModuleList(
+                a(device=device, dtype=dtype) if isinstance(a, type) else type(a).Module(**a.params())
+                for a in self.activations
+            )
+        else:
+            self._net = _net(self.activations, bias)
 
     @property
-    def activation(self) -> Elementwise:
-        """The hidden layers' activation ``f``."""
+    def activation(self) -> Elementwise | type[nn.Module]:
+        """The hidden layers' activation ``f`` (a module class for a learned one, such as prelu)."""
         return self._activation
 
     @activation.setter
     def activation(self, value: Any) -> None:
-        self._activation = get_activation(value)
-        self._net = _net(self.activations, self._net.has_bias)
+        self._set_activations(value, self._output_activation)
 
     @property
-    def output_activation(self) -> Elementwise:
+    def output_activation(self) -> Elementwise | type[nn.Module]:
         """The output layer's activation (the hidden one unless given)."""
         return self._output_activation
 
     @output_activation.setter
     def output_activation(self, value: Any) -> None:
-        self._output_activation = get_activation(value)
+        self._set_activations(self._activation, value)
+
+    def _set_activations(self, activation: Any, output_activation: Any) -> None:
+        hidden, out = resolve_activation(activation), resolve_activation(output_activation)
+        if self._net is None or isinstance(hidden, type) or isinstance(out, type):
+            raise ValueError(
+                "the activations of an MLP with a learned activation (prelu) own parameters and "
+                "cannot be swapped; build a new MLP"
+            )
+        self._activation, self._output_activation = hidden, out
         self._net = _net(self.activations, self._net.has_bias)
 
     @property
-    def activations(self) -> tuple[Elementwise, ...]:
+    def activations(self) -> tuple[Any, ...]:
         """The activation of each layer: ``activation`` for the hidden ones, then ``output_activation``."""
         return (self._activation,) * (len(self.layers) - 1) + (self._output_activation,)
 
@@ -135,10 +154,20 @@ class MLP(nn.Module):
 
     def layers_of(self, params: list[Tensor]) -> tuple[Layer, ...]:
         """``(W_n, b_n, f)`` per layer from :meth:`parameters_flat`: what the seed's loop reads."""
+        if self._net is None:
+            raise TypeError(
+                "this MLP has a learned activation (prelu), whose parameter the seed's loop does not "
+                "update; train it with autograd (MLP.loss or a loss module, and a torch.optim optimizer)"
+            )
         return self._net.layers(params)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
+        if self._net is None:  # learned activations: their modules, per layer
+            y = input
+            for layer, act_layer in zip(self.layers, self.activation_layers, strict=True):
+                y = act_layer(layer(y))
+            return y
         if not self.fused:
             y = input
             for layer, act in zip(self.layers, self.activations, strict=True):
@@ -162,7 +191,7 @@ class MLP(nn.Module):
         >>> loss.shape, loss.grad_fn.name()
         (torch.Size([]), 'MLPLossFunctionBackward')
         """
-        if self.fused:
+        if self.fused and self._net is not None:
             params = self.parameters_flat()
             if reduction in _REDUCTIONS and self._plain_call(input, target, params):
                 return MLPLossFunction.apply(input, target, reduction, self._net, *params)[0]
@@ -170,7 +199,7 @@ class MLP(nn.Module):
         check_reduction(reduction)
         # (under autocast half_squared_error casts, then checks the dtypes)
         check_target(target, input, "input", self.sizes[-1], autocast_dtype(input) is None)
-        if not self.fused:
+        if not self.fused or self._net is None:
             return half_squared_error(self(input), target, reduction)
         return run_loss(input, target, reduction, self._net, self._fused_params(input))
 
@@ -183,6 +212,8 @@ class MLP(nn.Module):
         Dtypes are singletons, so ``is`` compares them."""
         try:
             weight, net = params[0], self._net
+            if net is None:
+                return False
             return (
                 input.ndim == 2
                 and input.dtype is weight.dtype
@@ -223,7 +254,10 @@ class MLP(nn.Module):
         return params
 
     def extra_repr(self) -> str:
+        def name(act: Any) -> str:
+            return act.__name__.lower() if isinstance(act, type) else str(act)
+
         return (
-            f"sizes={list(self.sizes)}, activation={self.activation}, "
-            f"output_activation={self.output_activation}, fused={self.fused}"
+            f"sizes={list(self.sizes)}, activation={name(self.activation)}, "
+            f"output_activation={name(self.output_activation)}, fused={self.fused}"
         )

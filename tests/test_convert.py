@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 import manual_bp
 from manual_bp.convert import conversion_report
+from manual_bp.ops import ACTIVATIONS as REGISTRY_ACTIVATIONS
+from manual_bp.ops import LEARNED_ACTIVATIONS
 
 conv = importlib.import_module("manual_bp.convert")  # the module (manual_bp.convert is the function)
 
@@ -261,18 +263,10 @@ def test_losses_and_label_smoothing() -> None:
 
 
 def test_converting_the_root_module_and_every_activation() -> None:
-    acts = [
-        nn.Sigmoid(),
-        nn.Tanh(),
-        nn.ReLU(),
-        nn.LeakyReLU(0.3),
-        nn.ELU(0.5),
-        nn.Softplus(2.0, 5.0),
-        nn.GELU("tanh"),
-        nn.SiLU(),
-        nn.Identity(),
-        nn.Linear(3, 3),
-    ]
+    # every activation of the op registry in each of its settings, the learned ones, and Linear
+    acts = [cls.module(**setting) for cls in REGISTRY_ACTIVATIONS for setting in cls.settings]
+    acts += [manual.__mro__[1]() for manual in LEARNED_ACTIVATIONS.values()]
+    acts += [nn.PReLU(3), nn.Linear(3, 3)]
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     for act in acts:
         act = act.double()

@@ -62,7 +62,8 @@ def grads_of(model: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> tuple
 
 
 def test_registry_lists_every_activation() -> None:
-    # the original ten and the nine added with the op registry; an op added later adds its name
+    # the original ten and the eight parameter-free ones added with the op registry (prelu, learned,
+    # is tested below); an op added later adds its name
     assert set(NAMES) >= {
         "selu",
         "mish",
@@ -85,6 +86,32 @@ def test_registry_lists_every_activation() -> None:
     }
     for name in NAMES:
         assert get_activation(name).name == name
+
+
+def test_learned_activation_by_name() -> None:
+    """MLP(activation="prelu"): one manual PReLU per layer, each with its own slope in the
+    state_dict; its gradients are native autograd's; the engine, which updates W and b only, refuses."""
+    torch.manual_seed(3)
+    net = manual_bp.MLP([3, 4, 5, 2], "prelu", output_activation="identity", dtype=torch.float64)
+    assert [type(m) for m in net.activation_layers] == [manual_bp.PReLU, manual_bp.PReLU, manual_bp.Identity]
+    assert [k for k in net.state_dict() if k.startswith("activation_layers")] == [
+        "activation_layers.0.weight",
+        "activation_layers.1.weight",
+    ]
+    twin = manual_bp.native_twin(net)
+    assert not any(isinstance(m, manual_bp.PReLU) for m in twin.modules())
+    x, t = torch.randn(6, 3, dtype=torch.float64), torch.rand(6, 2, dtype=torch.float64)
+    net.loss(x, t).backward()
+    (0.5 * ((twin(x) - t) ** 2).sum(-1).mean()).backward()
+    for (name, p), (twin_name, q) in zip(net.named_parameters(), twin.named_parameters(), strict=True):
+        assert name == twin_name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="learned activation.*torch.optim"):
+        manual_bp.engine.sgd_step(net, x, t, 0.1)
+    with pytest.raises(ValueError, match="cannot be swapped"):
+        net.activation = "tanh"
+    with pytest.raises(ValueError, match="'prelu' is a learned activation"):
+        get_activation("prelu")
 
 
 def test_unknown_activation_lists_known_names() -> None:

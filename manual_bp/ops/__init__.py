@@ -26,7 +26,15 @@ from typing import Any
 from torch import nn
 
 from manual_bp.ops._op import Op, Sample, callable_name
-from manual_bp.ops.activations import ACTIVATION_NAMES, ACTIVATION_OPS, ACTIVATIONS, Identity, get_activation
+from manual_bp.ops.activations import (
+    ACTIVATION_NAMES,
+    ACTIVATION_OPS,
+    ACTIVATIONS,
+    LEARNED_ACTIVATIONS,
+    Identity,
+    get_activation,
+    resolve_activation,
+)
 from manual_bp.ops.elementwise import Elementwise
 from manual_bp.ops.linear import LINEAR_OPS
 from manual_bp.ops.losses import LOSS_OPS
@@ -35,6 +43,7 @@ from manual_bp.ops.network import NETWORK_OPS
 __all__ = [
     "ACTIVATIONS",
     "ACTIVATION_NAMES",
+    "LEARNED_ACTIVATIONS",
     "MODULE_TWINS",
     "OPS",
     "TORCH_FUNCTIONS",
@@ -44,6 +53,7 @@ __all__ = [
     "callable_name",
     "get_activation",
     "manual_modules",
+    "resolve_activation",
 ]
 
 #: Every op, in the order the checks report them.

@@ -20,17 +20,19 @@ from torch import Tensor, nn
 
 from manual_bp._function import ManualFunction, check_floating, check_same
 from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
-from manual_bp.ops.elementwise import Elementwise, activation
+from manual_bp.ops.elementwise import Elementwise, ElementwiseFunction, activation
 
 __all__ = [
     "ACTIVATIONS",
     "ACTIVATION_NAMES",
     "ACTIVATION_OPS",
     "Identity",
+    "LEARNED_ACTIVATIONS",
     "PReLU",
     "PReLUFunction",
     "get_activation",
     "prelu",
+    "resolve_activation",
 ]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -648,7 +650,13 @@ def get_activation(spec: Any) -> Elementwise:
     if isinstance(spec, str):
         factory = ACTIVATION_NAMES.get(spec)
         if factory is None:
-            raise ValueError(f"unknown activation {spec!r}; known activations: {known}")
+            if spec in LEARNED_ACTIVATIONS:
+                raise ValueError(
+                    f"{spec!r} is a learned activation (it has a parameter): MLP(activation={spec!r}) "
+                    f"takes it; this function gives the parameter-free ones: {known}"
+                )
+            learned = "".join(f", {name}" for name in LEARNED_ACTIVATIONS)
+            raise ValueError(f"unknown activation {spec!r}; known activations: {known}{learned}")
         return factory()
     if isinstance(spec, nn.Module):
         for base in type(spec).__mro__:  # the most specific class first (ReLU6 before Hardtanh)
@@ -662,5 +670,31 @@ def get_activation(spec: Any) -> Elementwise:
     raise TypeError(f"activation must be a name ({known}) or an activation module, got {type(spec).__name__}")
 
 
+#: name -> module class of each activation with a learned parameter (``MLP(activation="prelu")``):
+#: the activation ops whose Function is not an elementwise one
+LEARNED_ACTIVATIONS: dict[str, type[nn.Module]] = {}
+
+
+def resolve_activation(spec: Any) -> Elementwise | type[nn.Module]:
+    """:func:`get_activation`, or for a learned activation (a name of :data:`LEARNED_ACTIVATIONS`,
+    or such a module) its drop-in module class, of which the caller makes one per layer."""
+    if isinstance(spec, str) and spec in LEARNED_ACTIVATIONS:
+        return LEARNED_ACTIVATIONS[spec]
+    if isinstance(spec, nn.Module):
+        for cls in LEARNED_ACTIVATIONS.values():
+            if isinstance(spec, cls.__mro__[1]):  # the torch.nn class it twins
+                return cls
+    return get_activation(spec)
+
+
 #: The registry entries of this family.
 ACTIVATION_OPS: tuple[Op, ...] = (*(a.op for a in ACTIVATIONS if a is not Identity), PRELU_OP)
+
+LEARNED_ACTIVATIONS.update(
+    {
+        op.name: manual
+        for op in ACTIVATION_OPS
+        if not issubclass(op.function_class, ElementwiseFunction)  # type: ignore[arg-type]
+        for _, manual in op.modules
+    }
+)
