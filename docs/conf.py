@@ -39,9 +39,8 @@ root_doc = "index"
 exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
-# No network: no intersphinx, and MathJax is only referenced by the HTML, never fetched here.
-myst_enable_extensions = ["dollarmath"]
-myst_heading_anchors = 3
+# No network at build time: no intersphinx; MathJax is only referenced by the HTML pages.
+myst_heading_anchors = 3  # [text](#heading) links within a page
 
 autodoc_member_order = "bysource"
 # Methods without their own docstring (Function.forward, DataModule.val_dataloader, ...) would
@@ -56,8 +55,10 @@ html_title = "manual_bp"
 def _render_performance_tables() -> None:
     """Write ``_generated/performance_tables.md``: ``scripts/bench_report.py``'s rendering of every
     ``benchmarks/*.json``, so the performance page shows the measured numbers, never a copy."""
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "scripts" / "bench_report.py")
-    assert spec is not None and spec.loader is not None
+    script = ROOT / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", script)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {script}")
     bench_report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_report)
 
