@@ -1,6 +1,6 @@
 """Side-by-side speed and memory of one SGD training step: native PyTorch vs manual_bp.
 
-Run (the README's table comes from this command's output and JSON):
+Run (the docs' performance page, docs/performance.md, renders this command's JSON):
 
     python scripts/bench.py --out benchmarks/cpu.json
     python scripts/bench.py --quick                 # a small smoke subset (CI)

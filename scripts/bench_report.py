@@ -1,4 +1,4 @@
-"""Render the JSON written by ``scripts/bench.py`` as the README's Markdown performance tables.
+"""Render the JSON written by ``scripts/bench.py`` as the Markdown performance tables of docs/performance.md.
 
 Run::
 

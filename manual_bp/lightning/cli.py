@@ -30,7 +30,7 @@ from manual_bp.lightning.module import ManualBPModule
 
 __all__ = ["DEFAULTS", "ManualBPCLI", "default_loggers", "main", "resolve_last_checkpoint"]
 
-#: The defaults of ``manual-bp train`` that differ from Lightning's (see the README for how they
+#: The defaults of ``manual-bp train`` that differ from Lightning's (see docs/training.md for how they
 #: were chosen: >= 97% test accuracy on digits in well under a minute on two CPU cores).
 DEFAULTS: dict[str, Any] = {
     "seed_everything": 0,
