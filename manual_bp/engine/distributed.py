@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from manual_bp.engine.losses import loss_and_grad
-from manual_bp.ops.network import Layer, backprop, feedforward
+from manual_bp.ops.network import Layer, backprop, forward_pass
 
 __all__ = ["distributed_step", "is_distributed"]
 
@@ -35,10 +35,7 @@ def distributed_step(
     global sample count for ``'mean'``. So every process takes the step one process takes on the
     concatenated batch.
     """
-    ys, saved = [y0], []
-    for x, y in feedforward(layers, y0):  # FF
-        ys.append(y)
-        saved.append(y if x is None else x)
+    ys, saved = forward_pass(layers, y0)  # FF
     count = y0.shape[0]
     # the gradients below stay sums over rows, divided by the global M after the all_reduce
     total, g = loss_and_grad(ys[-1], target, loss, 1.0, 1.0)

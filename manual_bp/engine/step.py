@@ -14,7 +14,7 @@ from manual_bp._function import autocast_dtype, check_floating, check_same, chec
 from manual_bp.engine.distributed import distributed_step, is_distributed
 from manual_bp.engine.losses import LOSS_FACTOR, LOSSES, grad, loss_and_grad, mean_scale, ones
 from manual_bp.mlp import MLP
-from manual_bp.ops.network import Layer, backprop, feedforward
+from manual_bp.ops.network import Layer, backprop, forward_pass
 
 __all__ = ["check_call", "check_lr", "local_step", "no_autocast", "no_graph", "sgd_step", "single_step"]
 
@@ -180,10 +180,7 @@ def local_step(
     never written afterwards) for the epoch to compute the losses of many steps at once, and
     returns ``None``.
     """
-    ys, saved = [y0], []  # y_n; what f′ of x_{n+1} is computed from (y_{n+1} or x_{n+1})
-    for x, y in feedforward(layers, y0):  # FF
-        ys.append(y)
-        saved.append(y if x is None else x)
+    ys, saved = forward_pass(layers, y0)  # FF: y_n; what f′ of x_{n+1} is computed from
     count = y0.shape[0]
     # the gradients stay sums over rows: 'mean' divides the update by M; the callers scale the loss
     if outputs is None:

@@ -116,8 +116,7 @@ def noncontiguous(
 ) -> Tensor:
     """A non-contiguous sample tensor of ``shape`` (the transpose of a contiguous one)."""
     *lead, a, b = shape
-    x = make_tensor((*lead, b, a), dtype=dtype, device=device, low=-2.0 * scale, high=2.0 * scale)
-    return _away_from(x, kinks, 0.1 * scale).transpose(-1, -2).detach().requires_grad_(True)
+    return tensor((*lead, b, a), dtype, device, kinks, scale).detach().transpose(-1, -2).requires_grad_(True)
 
 
 def unary_samples(

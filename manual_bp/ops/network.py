@@ -52,6 +52,7 @@ __all__ = [
     "MLPLossFunction",
     "backprop",
     "feedforward",
+    "forward_pass",
     "mlp",
     "mlp_loss",
 ]
@@ -77,6 +78,16 @@ def feedforward(
         else:
             y = act.f_(x)  # y_{n+1} = f(x_{n+1}), written over x_{n+1}
             yield None, y
+
+
+def forward_pass(layers: Sequence[Layer], y0: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """FF over every layer at once: ``ys`` (``y_0 … y_N``) and, per layer, what :func:`backprop`'s
+    ``f′`` reads (``y_{n+1}``, or ``x_{n+1}`` where ``f′`` needs it)."""
+    ys, saved = [y0], []
+    for x, y in feedforward(layers, y0):
+        ys.append(y)
+        saved.append(y if x is None else x)
+    return ys, saved
 
 
 def backprop(
