@@ -20,6 +20,7 @@ from manual_bp.ops.linear import _samples as linear_samples
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_suite_covers_every_function_and_passes() -> None:
     rows = check.run_suite()
     ops = {r.op for r in rows}

@@ -31,6 +31,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_suite_prints_the_table_and_exits_zero() -> None:
     proc = _run("check")
     lines = proc.stdout.splitlines()
@@ -44,6 +45,7 @@ def test_check_suite_prints_the_table_and_exits_zero() -> None:
     assert not failed, proc.stdout  # the real suite passes
 
 
+@pytest.mark.slow
 def test_check_model_passes_and_reports() -> None:
     proc = _run("check", "--model", "tests._factories:cnn")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -54,6 +56,7 @@ def test_check_model_passes_and_reports() -> None:
     assert out.rstrip().endswith("PASS: manual gradients match native autograd")
 
 
+@pytest.mark.slow
 def test_check_model_fails_on_wrong_gradients() -> None:
     proc = _run("check", "--model", "tests/_factories.py:broken_backward")  # file-path form
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -64,6 +67,7 @@ def test_check_model_fails_on_wrong_gradients() -> None:
     assert fails == {"0.weight", "2.weight"}  # exactly the sabotaged weight gradients
 
 
+@pytest.mark.slow
 def test_bad_model_path_in_a_subprocess() -> None:
     proc = _run("check", "--model", "no_such_package.models:make")
     assert proc.returncode == 2

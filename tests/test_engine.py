@@ -347,6 +347,7 @@ def test_sgd_epoch_is_sgd_step_over_the_batches(
         assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_sgd_epoch_loss_in_float16_keeps_the_per_batch_scales_exact() -> None:
     # 30000 batches of one row: each batch's 'mean' scale 0.5 / 1 / 30000 is subnormal in float16
     # (rounded by 0.14 %), so scaling in float16 returned 0.5005; every batch's loss here is

@@ -255,7 +255,12 @@ F64 = torch.float64
 GC_BATCHES = {"nobatch": (), "b2x3": (2, 3), "5d": (2, 1, 3, 2)}  # slow mode on the first two
 
 
-@pytest.mark.parametrize("batch", GC_BATCHES.values(), ids=GC_BATCHES.keys())
+# b2x3 adds the slow (full Jacobian) mode on a 2x3 batch: marked slow, out of the quick subset
+# (-m "not slow"), which keeps the slow mode on nobatch and the fast mode on 5d.
+@pytest.mark.parametrize(
+    "batch",
+    [pytest.param(b, id=k, marks=[pytest.mark.slow] if k == "b2x3" else []) for k, b in GC_BATCHES.items()],
+)
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=ACTIVATION_IDS)
 def test_gradcheck_activation(act: Activation, batch: tuple[int, ...]) -> None:
     x = sample((*batch, D_IN), dtype=F64, away_from=act.away_from, requires_grad=True)

@@ -209,6 +209,7 @@ def test_datamodule_argument_errors() -> None:
 
 
 # -- the LightningModule and short fits --------------------------------------------------------------
+@pytest.mark.slow
 def test_short_fit_on_digits_learns_and_logs_metric_objects() -> None:
     torch.manual_seed(0)
     module = ManualBPModule()
@@ -348,6 +349,7 @@ def test_gradient_check_stops_training_when_gradients_disagree(monkeypatch) -> N
 
 
 # -- gradient flow -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_gradient_flow_logs_norms_and_writes_readable_pngs(tmp_path) -> None:  # noqa: ANN001
     flow = GradientFlow()
     module = ManualBPModule(sizes=[64, 16, 16, 16, 10])
@@ -397,6 +399,7 @@ def _fit_for_ddp(devices: int, batch_size: int) -> dict[str, torch.Tensor]:
     return _weights(module)
 
 
+@pytest.mark.slow
 def test_ddp_spawn_two_processes_equal_one_process_with_the_same_global_batch() -> None:
     one = _fit_for_ddp(devices=1, batch_size=16)
     two = _fit_for_ddp(devices=2, batch_size=8)
@@ -419,6 +422,7 @@ def _resumable_run(root, max_epochs: int, ckpt_path: str | None = None) -> tuple
     return _weights(module), checkpoint.last_model_path
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path) -> None:  # noqa: ANN001
     straight, _ = _resumable_run(tmp_path / "straight", max_epochs=3)
     _, last = _resumable_run(tmp_path / "stopped", max_epochs=2)

@@ -66,6 +66,7 @@ def _last_weights(root: Path) -> dict[str, torch.Tensor]:
     return torch.load(last, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_fit_test_plots_and_resume_with_ckpt_path_last(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,6 +110,7 @@ def test_fit_test_plots_and_resume_with_ckpt_path_last(
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_yaml_config_with_a_regression_datamodule_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -139,6 +141,7 @@ def test_bad_data_or_network_fails_before_training(
     assert not list(tmp_path.glob("**/*.ckpt"))
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_through_the_command_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "manual_bp", "train", *TINY, "--trainer.max_epochs", "1",
                "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",

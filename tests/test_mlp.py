@@ -318,7 +318,12 @@ def _act(spec: str) -> object:
 
 
 @pytest.mark.parametrize(
-    "output_activation", [None, "identity", "gelu"], ids=["f-out", "linear-out", "gelu-out"]
+    "output_activation",
+    [  # f-out adds the slow (full Jacobian) gradcheck: marked slow, out of the quick subset
+        pytest.param(None, id="f-out", marks=pytest.mark.slow),
+        pytest.param("identity", id="linear-out"),
+        pytest.param("gelu", id="gelu-out"),
+    ],
 )
 @pytest.mark.parametrize("activation", CHECK_ACTS)
 def test_gradcheck_and_gradgradcheck(activation: str, output_activation: str | None) -> None:
@@ -391,6 +396,7 @@ def test_vmap_grad_per_sample() -> None:
             assert_close(per_sample[name][i], want)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_gives_eager_gradients() -> None:
     torch.manual_seed(10)
     net = manual_bp.MLP([3, 4, 2], "gelu", output_activation="sigmoid", dtype=F64)
@@ -602,12 +608,30 @@ def test_loss_skips_gradients_nobody_needs() -> None:
             assert_close(mine.grad, theirs.grad)
 
 
+# Every case runs the slow (full Jacobian) gradcheck, about 0.4 s each: the quick subset
+# (-m "not slow") keeps sigmoid, f-out, bias with every reduction; the other cases are marked slow.
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(
-    "output_activation", [None, "identity", "gelu"], ids=["f-out", "linear-out", "gelu-out"]
+    "output_activation",
+    [
+        pytest.param(None, id="f-out"),
+        pytest.param("identity", id="linear-out", marks=pytest.mark.slow),
+        pytest.param("gelu", id="gelu-out", marks=pytest.mark.slow),
+    ],
 )
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("activation", ["sigmoid", "relu", "gelu", "silu", "leaky_relu(-0.1)"])
+@pytest.mark.parametrize(
+    "bias", [pytest.param(True, id="bias"), pytest.param(False, id="nobias", marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize(
+    "activation",
+    [
+        "sigmoid",
+        pytest.param("relu", marks=pytest.mark.slow),
+        pytest.param("gelu", marks=pytest.mark.slow),
+        pytest.param("silu", marks=pytest.mark.slow),
+        pytest.param("leaky_relu(-0.1)", marks=pytest.mark.slow),
+    ],
+)
 def test_loss_gradcheck_and_gradgradcheck(
     activation: str, output_activation: str | None, reduction: str, bias: bool
 ) -> None:
@@ -665,6 +689,7 @@ def test_loss_vmap_grad_per_sample() -> None:
             assert_close(got[i], want)
 
 
+@pytest.mark.slow
 def test_loss_torch_compile_fullgraph_gives_eager_gradients() -> None:
     torch.manual_seed(19)
     net = manual_bp.MLP([3, 4, 2], "gelu", output_activation="sigmoid", dtype=F64)

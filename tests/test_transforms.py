@@ -147,6 +147,7 @@ COMPILE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", COMPILE_CASES.values(), ids=COMPILE_CASES.keys())
 def test_compile_fullgraph_same_gradients_as_eager(case: tuple[str, str, str]) -> None:
     hidden, output, loss_name = case
