@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from _samples import saved_storage_bytes
+from _samples import half_squared_error_native, saved_storage_bytes
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.testing import assert_close, make_tensor
@@ -102,7 +102,7 @@ def test_learned_activation_by_name() -> None:
     assert not any(isinstance(m, manual_bp.PReLU) for m in twin.modules())
     x, t = torch.randn(6, 3, dtype=torch.float64), torch.rand(6, 2, dtype=torch.float64)
     net.loss(x, t).backward()
-    (0.5 * ((twin(x) - t) ** 2).sum(-1).mean()).backward()
+    half_squared_error_native(twin(x), t).backward()
     for (name, p), (twin_name, q) in zip(net.named_parameters(), twin.named_parameters(), strict=True):
         assert name == twin_name
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
@@ -506,10 +506,7 @@ def test_functional_mlp_errors() -> None:
 # ----------------------------------------------------------------------------- MLP.loss (network + error)
 
 
-def native_hse(out: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The seed's ½‖y − t‖² per sample with native ops, reduced."""
-    per_sample = 0.5 * ((out - target) ** 2).sum(-1)
-    return {"mean": per_sample.mean, "sum": per_sample.sum, "none": lambda: per_sample}[reduction]()
+native_hse = half_squared_error_native  # the seed's ½‖y − t‖² per sample with native ops, reduced
 
 
 def loss_grads(
