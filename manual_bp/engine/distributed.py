@@ -61,7 +61,7 @@ def distributed_step(
             if step == 2:
                 views[step * n + 1].copy_(delta.sum(0))
 
-    backprop(layers, saved, g, bp3)  # BP1, BP2, BP3
+    backprop(layers, saved, g, bp3, owned=True)  # BP1, BP2, BP3
     dist.all_reduce(flat)  # sums over processes
     global_total, global_count = flat[-2], flat[-1]
     factor = lr / global_count if reduction == "mean" else lr

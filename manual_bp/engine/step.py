@@ -198,5 +198,5 @@ def local_step(
         if bias is not None:
             bias.addmv_(delta_t, ones_, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
 
-    backprop(layers, saved, g, bp3)  # BP1, BP2, and BP3 + UPD per layer
+    backprop(layers, saved, g, bp3, owned=True)  # BP1, BP2, and BP3 + UPD per layer
     return total

@@ -231,6 +231,7 @@ class GELU(Elementwise):
     aliases: ClassVar[dict[str, dict[str, Any]]] = {"gelu_tanh": {"approximate": "tanh"}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.approximate not in ("none", "tanh"):
             raise ValueError(f"approximate must be 'none' or 'tanh', got {self.approximate!r}")
         if self.approximate == "tanh":  # the instance's name, as MLP(activation="gelu_tanh") takes it
@@ -242,7 +243,7 @@ class GELU(Elementwise):
     def df(self, x: Tensor) -> Tensor:
         return gelu_derivative(x, self.approximate)
 
-    def backward(self, g: Tensor, saved: Tensor, graph: bool) -> Tensor:
+    def backward(self, g: Tensor, saved: Tensor, graph: bool, owned: bool = False) -> Tensor:
         if graph or self.approximate != "none":
             return super().backward(g, saved, graph)
         # Hand-tuned (no graph, exact): df's f′ = Φ(x) + x φ(x) in six passes instead of eleven.
@@ -251,7 +252,7 @@ class GELU(Elementwise):
         a = torch.mul(saved, _INV_SQRT_2)
         t = torch.erfc(a)
         t.addcdiv_(saved, a.mul_(a).exp_(), value=-2.0 * _INV_SQRT_2PI)  # exp(a²) = inf far out: x/inf = 0
-        return torch.addcmul(g, g, t, value=-0.5)
+        return g.addcmul_(g, t, value=-0.5) if owned else torch.addcmul(g, g, t, value=-0.5)
 
     def __str__(self) -> str:
         return self.name
@@ -485,7 +486,7 @@ class Identity(Elementwise):
 
     f_ = f
 
-    def backward(self, g: Tensor, saved: Tensor, graph: bool) -> Tensor:
+    def backward(self, g: Tensor, saved: Tensor, graph: bool, owned: bool = False) -> Tensor:
         return g
 
     def manual(self, x: Tensor) -> Tensor:

@@ -57,6 +57,7 @@ class Elementwise:
     settings: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     scale: ClassVar[float] = 1.0
     float32_under_autocast_on: ClassVar[tuple[str, ...]] = ()  # device types where native runs in float32
+    _float_fields: ClassVar[tuple[str, ...]] = ()  # (set by @activation)
 
     # made by @activation
     Function: ClassVar[type[ManualFunction]]
@@ -65,12 +66,12 @@ class Elementwise:
     op: ClassVar[Op]
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # float parameters as Python floats (torch.nn modules accept ints too)
-            value = getattr(self, f.name)
-            if isinstance(f.default, float) and not isinstance(value, float):
+        for name in self._float_fields:  # float parameters as Python floats (torch.nn accepts ints too)
+            value = getattr(self, name)
+            if not isinstance(value, float):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"{self.name}: {f.name} must be a number, got {type(value).__name__}")
-                object.__setattr__(self, f.name, float(value))
+                    raise TypeError(f"{self.name}: {name} must be a number, got {type(value).__name__}")
+                object.__setattr__(self, name, float(value))
 
     def f(self, x: Tensor) -> Tensor:
         """FF: ``y = f(x)``, out of place and differentiable."""
@@ -84,11 +85,13 @@ class Elementwise:
         """``f′(x)`` as a new tensor from ``saved`` (``y`` if ``from_output``, else ``x``), differentiable."""
         raise NotImplementedError
 
-    def backward(self, g: Tensor, saved: Tensor, graph: bool) -> Tensor:
+    def backward(self, g: Tensor, saved: Tensor, graph: bool, owned: bool = False) -> Tensor:
         """BP1/BP2's activation half: ``δ = g ⊙ f′(x)``.
 
         ``graph``: a graph is being recorded (double backward), so only out-of-place ops; without
-        one, ``f′``'s new tensor is multiplied by ``g`` in place. ``g`` is never written.
+        one, ``f′``'s new tensor is multiplied by ``g`` in place. ``owned``: ``g`` is a temporary
+        the caller hands over, which a hand-tuned override may overwrite; otherwise ``g`` is never
+        written.
         """
         if graph:
             return g * self.df(saved)
@@ -183,9 +186,19 @@ def _make_functional(cls: type[Elementwise]) -> Callable[..., Tensor]:
             return apply(prepare(input), act)
 
     else:
+        made: dict[tuple[Any, ...], Elementwise] = {}  # one instance per positional parameter setting
 
         def function(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[misc]
-            return apply(prepare(input), cls(*args, **kwargs))
+            if kwargs or torch.compiler.is_compiling():
+                act = cls(*args, **kwargs)
+            else:  # a module's call: the same parameters every time, checked once
+                try:
+                    act = made[args]
+                except (KeyError, TypeError):
+                    act = cls(*args)
+                    if len(made) < 64:
+                        made[args] = act
+            return apply(prepare(input), act)
 
         tensor_arg = inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Tensor)
         function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -245,6 +258,7 @@ def activation(cls: E) -> E:
     """Make an :class:`Elementwise` subclass a registry entry: a frozen dataclass with its Function,
     its :mod:`manual_bp.functional` function, its drop-in module and its :class:`Op`."""
     cls = dataclass(frozen=True)(cls)  # type: ignore[assignment]
+    cls._float_fields = tuple(f.name for f in fields(cls) if isinstance(f.default, float))
     cls.Function = _make_function(cls)
     cls.functional = staticmethod(_make_functional(cls))  # type: ignore[assignment]
     cls.Module = _make_module(cls)

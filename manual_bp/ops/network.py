@@ -98,6 +98,7 @@ def backprop(
     lowest: int = 0,
     input_grad: bool = False,
     graph: bool = False,
+    owned: bool = False,
     extra_y: Sequence[Tensor | None] | None = None,
     extra_x: Sequence[Tensor | None] | None = None,
 ) -> Tensor | None:
@@ -115,6 +116,7 @@ def backprop(
         lowest: the lowest layer whose gradients are needed (the loop stops there).
         input_grad: also return ``∂c/∂y_0 = δ_1 W_0``.
         graph: a graph is being recorded (double backward): out-of-place ops only.
+        owned: ``g`` is a temporary the caller hands over (each ``g`` below is the loop's own).
         extra_y, extra_x: per layer, gradients reaching ``y_{n+1}`` / ``x_{n+1}`` from elsewhere
             (the fused Function returns them as outputs so that double backward sees them).
 
@@ -124,15 +126,16 @@ def backprop(
     for n in range(len(layers) - 1, lowest - 1, -1):
         weight, _, act = layers[n]
         if extra_y is not None and extra_y[n] is not None:  # y_{n+1} is used elsewhere too
-            g = extra_y[n] if g is None else g + extra_y[n]
-        delta = None if g is None else act.backward(g, saved[n], graph)  # BP1 / BP2: δ = g ⊙ f′(x_{n+1})
+            g, owned = (extra_y[n], False) if g is None else (g + extra_y[n], True)
+        # BP1 / BP2: δ = g ⊙ f′(x_{n+1})
+        delta = None if g is None else act.backward(g, saved[n], graph, owned)
         if extra_x is not None and extra_x[n] is not None:
             delta = extra_x[n] if delta is None else delta + extra_x[n]
         if delta is None:  # nothing flows into this layer
             g = None
             continue
         # BP2, linear half: δ_{n+1} W_n; (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
-        g = delta.mm(weight) if n > lowest or input_grad else None
+        g, owned = delta.mm(weight) if n > lowest or input_grad else None, True
         bp3(n, delta)  # BP3: ∂c/∂W_n = δ_{n+1}ᵀ y_n, ∂c/∂b_n = Σ_rows δ_{n+1}
     return g if input_grad else None
 
@@ -156,11 +159,12 @@ class _Net:
     :func:`_fused_backward` its outputs' gradients rearranged into this layout.
     """
 
-    __slots__ = ("acts", "depth", "extra", "has_bias", "plan", "pos", "step")
+    __slots__ = ("acts", "depth", "extra", "has_bias", "nones", "plan", "pos", "step")
 
     def __init__(self, acts: tuple[Elementwise, ...], has_bias: bool) -> None:
         self.acts, self.has_bias, self.depth = acts, has_bias, len(acts)
         self.step = 2 if has_bias else 1
+        self.nones = (None,) * len(acts)  # the biases of a network without them
         plan = [_Y if act.from_output else _X for act in acts]
         if isinstance(acts[-1], Identity):
             plan[-1] = 0
@@ -183,11 +187,9 @@ class _Net:
 
     def layers(self, params: Sequence[Tensor | None]) -> tuple[Layer, ...]:
         """``(W_n, b_n, f)`` per layer from ``W_0, b_0, W_1, …`` (``W_0, W_1, …`` without bias)."""
-        step = self.step
-        return tuple(
-            (params[step * n], params[step * n + 1] if step == 2 else None, act)  # type: ignore[misc]
-            for n, act in enumerate(self.acts)
-        )
+        if self.step == 2:
+            return tuple(zip(params[::2], params[1::2], self.acts, strict=True))  # type: ignore[arg-type]
+        return tuple(zip(params, self.nones, self.acts, strict=True))  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"_Net(acts={[str(a) for a in self.acts]}, has_bias={self.has_bias})"
@@ -256,12 +258,14 @@ def _fused_backward(
     needs: Sequence[bool],
     grads_out: Sequence[Tensor | None],
     graph: bool,
+    owned: bool = False,
 ) -> tuple[Tensor | None, list[Tensor | None]]:
     """:func:`backprop` on :class:`MLPFunction`'s saved tensors.
 
     ``saved`` is ``(input, W_0, …, W_{N−1}, outputs[1:], [y_N])`` (see :class:`_Net`); ``needs[i]``
     says whether parameter ``i`` needs a gradient; ``grads_out`` is ``(∂c/∂y_N, *grads of the extra
-    outputs)``. Returns the input's gradient and the parameters' (``None`` where not needed).
+    outputs)``; ``owned``: ``∂c/∂y_N`` is the caller's temporary. Returns the input's gradient and
+    the parameters' (``None`` where not needed).
     """
     depth, step, plan, acts, pos = net.depth, net.step, net.plan, net.acts, net.pos
     grads: list[Tensor | None] = [None] * (step * depth)
@@ -271,7 +275,7 @@ def _fused_backward(
             lowest += 1
     kept = [saved[p] if p >= 0 else None for p in pos]  # y_{n+1} or x_{n+1}: what f′ reads
     extra_y = extra_x = None
-    if any(g is not None for g in grads_out[1:]):  # double backward: the kept tensors are outputs too
+    if grads_out[1:].count(None) != len(grads_out) - 1:  # double backward: kept tensors are outputs too
         per_layer = [grads_out[k] if k > 0 else None for k in net.extra]
         extra_y = [g if plan[n] == _Y else None for n, g in enumerate(per_layer)]
         extra_x = [g if plan[n] == _X else None for n, g in enumerate(per_layer)]
@@ -289,10 +293,10 @@ def _fused_backward(
         if step == 2 and needs[i + 1]:
             grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
 
-    layers = tuple(
-        (w, None, act) for w, act in zip(saved[1 : 1 + depth], acts, strict=True)
-    )  # (biases unused)
-    grad_input = backprop(layers, kept, grads_out[0], bp3, lowest, needs_input, graph, extra_y, extra_x)
+    layers = tuple(zip(saved[1 : 1 + depth], net.nones, acts, strict=True))  # (the biases are not needed)
+    grad_input = backprop(
+        layers, kept, grads_out[0], bp3, lowest, needs_input, graph, owned, extra_y, extra_x
+    )
     return grad_input, grads
 
 
@@ -356,7 +360,8 @@ class MLPLossFunction(ManualFunction):
                 g = g.to(y.dtype)
         if g_y is not None:  # y_N is an output too: its gradient joins ∂c/∂y_N
             g = g_y if g is None else g + g_y
-        grad_input, grads = _fused_backward(net, saved, needs[0], needs[4:], (g, *grads_out), graph)
+        owned = g is not g_y  # a temporary of ours, not the incoming gradient
+        grad_input, grads = _fused_backward(net, saved, needs[0], needs[4:], (g, *grads_out), graph, owned)
         return (grad_input, grad_target, None, None, *grads)
 
 
