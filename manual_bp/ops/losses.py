@@ -21,7 +21,7 @@ from manual_bp._function import (
     check_same,
     in_place_ok,
 )
-from manual_bp._torch_private import Loss, autocast_on
+from manual_bp._torch_private import Loss, autocast_on, functorch_active
 from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
 from manual_bp.ops.elementwise import to_float32
 
@@ -277,7 +277,7 @@ def cross_entropy(
             )
         # a data-dependent check: not possible while compiling or under vmap (there an index out of
         # range fails in the Function's scatter instead)
-        traced = torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+        traced = torch.compiler.is_compiling() or functorch_active()
         if not traced and target.numel():
             bad = (target != ignore_index) & ((target < 0) | (target >= input.shape[-1]))
             if bool(bad.any()):
