@@ -299,3 +299,27 @@ def test_different_dtypes() -> None:
         msg.format("weight", "float64", "input", "float32"),
         lambda: MF.cross_entropy(X, LABELS, torch.ones(4).double()),
     )
+
+
+def test_prelu_weight_and_channels() -> None:
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"expected a 1-D weight \(num_parameters,\), got shape \(3, 1\)"):
+        MF.prelu(x, torch.rand(3, 1))
+    with pytest.raises(ValueError, match=r"prelu with 5 parameters expected input with 5 channels at dim 1"):
+        MF.prelu(x, torch.rand(5))
+    with pytest.raises(ValueError, match=r"5 channels at dim 1, got input of shape \(5,\)"):
+        MF.prelu(torch.randn(5), torch.rand(5))  # a 1-D input has one channel, as in torch
+    with pytest.raises(TypeError, match="weight and input must have the same dtype"):
+        MF.prelu(x, torch.rand(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
+        MF.prelu(x, torch.ones(3, dtype=torch.long))
+
+
+def test_activation_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"hardtanh needs max_val > min_val, got min_val=1.0, max_val=-1.0"):
+        MF.hardtanh(torch.randn(3), 1.0, -1.0)
+    with pytest.raises(TypeError, match="leaky_relu: negative_slope must be a number, got str"):
+        MF.leaky_relu(torch.randn(3), "0.2")
+    with pytest.raises(TypeError, match="elu: alpha must be a number, got bool"):
+        manual_bp.ELU(alpha=True)(torch.randn(3))
+    assert MF.leaky_relu(torch.tensor([-2.0]), 1).item() == -2.0  # an int slope is taken as a float
