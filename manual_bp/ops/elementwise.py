@@ -64,6 +64,7 @@ class Elementwise:
     functional: ClassVar[Callable[..., Tensor]]
     Module: ClassVar[type[nn.Module]]
     op: ClassVar[Op]
+    _apply: ClassVar[Callable[[Tensor, Any], Tensor]]  # checks, then the Function
 
     def __post_init__(self) -> None:
         for name in self._float_fields:  # float parameters as Python floats (torch.nn accepts ints too)
@@ -103,7 +104,7 @@ class Elementwise:
 
     def manual(self, x: Tensor) -> Tensor:
         """``f(x)`` through this op's Function (explicit backward), with this instance's parameters."""
-        return type(self).functional(x, **self.params())
+        return type(self)._apply(x, self)
 
     def native(self, x: Tensor) -> Tensor:
         """The torch reference ``f(x)``, for comparisons."""
@@ -169,21 +170,28 @@ def _make_function(cls: type[Elementwise]) -> type[ManualFunction]:
     )
 
 
-def _make_functional(cls: type[Elementwise]) -> Callable[..., Tensor]:
-    apply = cls.Function.apply
+def _make_apply(cls: type[Elementwise]) -> Callable[[Tensor, Any], Tensor]:
+    """``apply(input, act)``: the input checked (and cast where native runs in float32), then the Function."""
+    function_apply = cls.Function.apply
     upcast = cls.float32_under_autocast_on
 
-    def prepare(input: Tensor) -> Tensor:
+    def apply(input: Tensor, act: Any) -> Tensor:
         _check_input(input)
         if upcast and input.device.type in upcast and autocast_dtype(input) is not None:
-            return to_float32(input)  # as the native op does under autocast there
-        return input
+            input = to_float32(input)  # as the native op does under autocast there
+        return function_apply(input, act)
+
+    return apply
+
+
+def _make_functional(cls: type[Elementwise]) -> Callable[..., Tensor]:
+    apply = cls._apply
 
     if not fields(cls):
         act = cls()
 
         def function(input: Tensor) -> Tensor:
-            return apply(prepare(input), act)
+            return apply(input, act)
 
     else:
         made: dict[tuple[Any, ...], Elementwise] = {}  # one instance per positional parameter setting
@@ -192,13 +200,14 @@ def _make_functional(cls: type[Elementwise]) -> Callable[..., Tensor]:
             if kwargs or torch.compiler.is_compiling():
                 act = cls(*args, **kwargs)
             else:  # a module's call: the same parameters every time, checked once
+                key = (*args, *map(type, args))  # (True == 1.0, but True is refused)
                 try:
-                    act = made[args]
+                    act = made[key]
                 except (KeyError, TypeError):
                     act = cls(*args)
                     if len(made) < 64:
-                        made[args] = act
-            return apply(prepare(input), act)
+                        made[key] = act
+            return apply(input, act)
 
         tensor_arg = inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Tensor)
         function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -260,6 +269,7 @@ def activation(cls: E) -> E:
     cls = dataclass(frozen=True)(cls)  # type: ignore[assignment]
     cls._float_fields = tuple(f.name for f in fields(cls) if isinstance(f.default, float))
     cls.Function = _make_function(cls)
+    cls._apply = staticmethod(_make_apply(cls))  # type: ignore[assignment]
     cls.functional = staticmethod(_make_functional(cls))  # type: ignore[assignment]
     cls.Module = _make_module(cls)
     cls.op = Op(
