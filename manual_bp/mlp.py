@@ -24,9 +24,20 @@ from manual_bp._torch_private import autocast_on
 from manual_bp.ops import Elementwise, resolve_activation
 from manual_bp.ops.linear import Linear
 from manual_bp.ops.losses import half_squared_error
-from manual_bp.ops.network import Layer, MLPLossFunction, _Net, _net, run, run_loss
+from manual_bp.ops.network import (
+    Layer,
+    MLPFunction,
+    MLPLossFunction,
+    _Net,
+    _net,
+    mlp,
+    mlp_loss,
+    run,
+    run_loss,
+)
 
-__all__ = ["MLP"]
+# MLPFunction, MLPLossFunction, mlp and mlp_loss lived here before the op registry: still importable
+__all__ = ["MLP", "MLPFunction", "MLPLossFunction", "mlp", "mlp_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
