@@ -7,7 +7,12 @@ backward, the native reference, the sample inputs of its checks, the ``torch.nn`
 * :mod:`~manual_bp.ops.linear` — ``linear``;
 * :mod:`~manual_bp.ops.activations` — the activations (each is ``f`` and ``f′``, see
   :mod:`~manual_bp.ops.elementwise`) and ``prelu``;
-* :mod:`~manual_bp.ops.losses` — ``half_squared_error``, ``cross_entropy``;
+* :mod:`~manual_bp.ops.conv` — convolutions and padding;
+* :mod:`~manual_bp.ops.pooling` — max, average and adaptive pooling;
+* :mod:`~manual_bp.ops.norm` — batch, layer, group, RMS and instance norm;
+* :mod:`~manual_bp.ops.embedding`, :mod:`~manual_bp.ops.dropout`, :mod:`~manual_bp.ops.shape`
+  (softmax, log-softmax, flatten, unflatten);
+* :mod:`~manual_bp.ops.losses` — ``half_squared_error``, ``cross_entropy`` and torch's other losses;
 * :mod:`~manual_bp.ops.network` — the seed's whole network as one Function (``mlp``, ``mlp_loss``)
   and the one implementation of its FF/BP1/BP2/BP3 loop.
 
@@ -35,10 +40,16 @@ from manual_bp.ops.activations import (
     get_activation,
     resolve_activation,
 )
+from manual_bp.ops.conv import CONV_OPS
+from manual_bp.ops.dropout import DROPOUT_OPS
 from manual_bp.ops.elementwise import Elementwise
+from manual_bp.ops.embedding import EMBEDDING_OPS
 from manual_bp.ops.linear import LINEAR_OPS
 from manual_bp.ops.losses import LOSS_OPS
 from manual_bp.ops.network import NETWORK_OPS
+from manual_bp.ops.norm import NORM_OPS
+from manual_bp.ops.pooling import POOLING_OPS
+from manual_bp.ops.shape import SHAPE_OPS
 
 __all__ = [
     "ACTIVATIONS",
@@ -57,7 +68,18 @@ __all__ = [
 ]
 
 #: Every op, in the order the checks report them.
-OPS: tuple[Op, ...] = (*LINEAR_OPS, *ACTIVATION_OPS, *LOSS_OPS, *NETWORK_OPS)
+OPS: tuple[Op, ...] = (
+    *LINEAR_OPS,
+    *CONV_OPS,
+    *ACTIVATION_OPS,
+    *POOLING_OPS,
+    *NORM_OPS,
+    *EMBEDDING_OPS,
+    *DROPOUT_OPS,
+    *SHAPE_OPS,
+    *LOSS_OPS,
+    *NETWORK_OPS,
+)
 
 
 def manual_modules() -> list[type[nn.Module]]:

@@ -55,6 +55,10 @@ class Op:
             that double backward raises instead of running ``gradgradcheck``).
         checked: what the checks call with a sample's arguments, where ``function`` takes them in
             another form (``mlp`` takes lists of weights; the samples pass them one by one).
+        formula: the backward in the derivation's notation (δ = ∂c/∂output, BP2 for the input's
+            gradient, BP3 for a parameter's), as Markdown with ``$…$`` math: the docs' op table.
+        skips: transform (``"autocast"``, ``"compile"``, ``"vmap"``) -> the written reason this op's
+            tests leave it out (native does not support it either, say, or it draws random numbers).
     """
 
     name: str
@@ -66,6 +70,8 @@ class Op:
     torch_functions: tuple[Callable[..., Any], ...] = ()
     double_backward: bool = True
     checked: Callable[..., Tensor] | None = None
+    formula: str = ""
+    skips: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def manual(self) -> Callable[..., Tensor]:
