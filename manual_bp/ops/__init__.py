@@ -7,7 +7,7 @@ backward, the native reference, the sample inputs of its checks, the ``torch.nn`
 * :mod:`~manual_bp.ops.linear` — ``linear``;
 * :mod:`~manual_bp.ops.activations` — the activations (each is ``f`` and ``f′``, see
   :mod:`~manual_bp.ops.elementwise`) and ``prelu``;
-* :mod:`~manual_bp.ops.conv` — convolutions and padding;
+* :mod:`~manual_bp.ops.padding` and :mod:`~manual_bp.ops.conv` — padding and convolutions;
 * :mod:`~manual_bp.ops.pooling` — max, average and adaptive pooling;
 * :mod:`~manual_bp.ops.norm` — batch, layer, group, RMS and instance norm;
 * :mod:`~manual_bp.ops.embedding`, :mod:`~manual_bp.ops.dropout`, :mod:`~manual_bp.ops.shape`
@@ -48,6 +48,7 @@ from manual_bp.ops.linear import LINEAR_OPS
 from manual_bp.ops.losses import LOSS_OPS
 from manual_bp.ops.network import NETWORK_OPS
 from manual_bp.ops.norm import NORM_OPS
+from manual_bp.ops.padding import PADDING_OPS
 from manual_bp.ops.pooling import POOLING_OPS
 from manual_bp.ops.shape import SHAPE_OPS
 
@@ -70,6 +71,7 @@ __all__ = [
 #: Every op, in the order the checks report them.
 OPS: tuple[Op, ...] = (
     *LINEAR_OPS,
+    *PADDING_OPS,
     *CONV_OPS,
     *ACTIVATION_OPS,
     *POOLING_OPS,
