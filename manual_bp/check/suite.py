@@ -55,18 +55,26 @@ def _fresh(sample: Sample, dtype: torch.dtype) -> Sample:
 
 
 def _as_function(
-    spec_fn: Callable[..., Tensor], sample: Sample
+    spec_fn: Callable[..., Tensor], sample: Sample, random: bool = False
 ) -> tuple[Callable[..., Tensor], list[Tensor]]:
-    """``fn(*diff_inputs)`` calling ``spec_fn`` with the sample's other arguments fixed."""
+    """``fn(*diff_inputs)`` calling ``spec_fn`` with the sample's other arguments fixed; for a
+    ``random`` op every call runs from the same seed, so that every call draws the same numbers."""
     positions = [i for i, a in enumerate(sample.args) if isinstance(a, Tensor) and a.requires_grad]
 
     def fn(*diff: Tensor) -> Tensor:
         args = list(sample.args)
         for i, d in zip(positions, diff, strict=True):
             args[i] = d
-        return spec_fn(*args, **sample.kwargs)
+        if not random:
+            return spec_fn(*args, **sample.kwargs)
+        with torch.random.fork_rng(devices=[d.device for d in diff if d.device.type == "cuda"][:1]):
+            torch.manual_seed(_RANDOM_SEED)
+            return spec_fn(*args, **sample.kwargs)
 
     return fn, [sample.args[i] for i in positions]
+
+
+_RANDOM_SEED = 1234  # the seed every call of a random op runs from
 
 
 def _jacobian_error(
@@ -132,7 +140,7 @@ def _run_gradcheck(spec: Op, samples: list[Sample], second: bool) -> SuiteRow:
     error, passed, detail = 0.0, True, ""
     samples = [s for s in samples if s.finite]
     for sample in samples:
-        fn, inputs = _as_function(spec.manual, sample)
+        fn, inputs = _as_function(spec.manual, sample, spec.random)
         out = fn(*inputs)
         grad_output = make_tensor(out.shape, dtype=out.dtype, device=out.device).requires_grad_(True)
         try:
@@ -160,7 +168,7 @@ def _run_refuses_double_backward(spec: Op, samples: list[Sample]) -> SuiteRow:
     """For a ``once_differentiable`` op: a second backward must raise instead of returning zeros."""
     passed, detail = True, ""
     for sample in samples:
-        fn, inputs = _as_function(spec.manual, sample)
+        fn, inputs = _as_function(spec.manual, sample, spec.random)
         xs = [x.detach().clone().requires_grad_(True) for x in inputs]
         out = fn(*xs)
         if out.numel() == 0 or not xs:
@@ -191,7 +199,7 @@ def _run_native(spec: Op, samples: list[Sample], dtype: torch.dtype) -> SuiteRow
     for sample in samples:
         results = []
         for impl in (spec.manual, spec.native):
-            fn, inputs = _as_function(impl, sample)
+            fn, inputs = _as_function(impl, sample, spec.random)
             xs = [x.detach().clone().requires_grad_(True) for x in inputs]
             out = fn(*xs)
             if not results:  # one grad_output for both, non-contiguous when it has 2 dims or more

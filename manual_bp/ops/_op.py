@@ -57,6 +57,9 @@ class Op:
             another form (``mlp`` takes lists of weights; the samples pass them one by one).
         formula: the backward in the derivation's notation (δ = ∂c/∂output, BP2 for the input's
             gradient, BP3 for a parameter's), as Markdown with ``$…$`` math: the docs' op table.
+        random: ``True`` for an op that draws random numbers (dropout): the checks seed the generator
+            before every call, so that each call (manual, native, every finite difference) draws
+            the same numbers.
         skips: transform (``"autocast"``, ``"compile"``, ``"vmap"``) -> the written reason this op's
             tests leave it out (native does not support it either, say, or it draws random numbers).
     """
@@ -71,6 +74,7 @@ class Op:
     double_backward: bool = True
     checked: Callable[..., Tensor] | None = None
     formula: str = ""
+    random: bool = False
     skips: Mapping[str, str] = field(default_factory=dict)
 
     @property
