@@ -40,6 +40,7 @@ exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
 # No network at build time: no intersphinx; MathJax is only referenced by the HTML pages.
+myst_enable_extensions = ["dollarmath"]  # the op table's formulas: $…$
 myst_heading_anchors = 3  # [text](#heading) links within a page
 
 autodoc_member_order = "bysource"
@@ -78,4 +79,27 @@ def _render_performance_tables() -> None:
         target.write_text(text, encoding="utf-8")
 
 
+def _write(name: str, text: str) -> None:
+    """Write ``_generated/<name>`` unless it already holds ``text`` (keeps Sphinx's cache valid)."""
+    generated = DOCS / "_generated"
+    generated.mkdir(exist_ok=True)
+    target = generated / name
+    if not target.exists() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
+
+
+def _render_ops_table() -> None:
+    """Write ``_generated/ops_table.md``: every op of the registry, its drop-in modules and its
+    backward formula (``Op.formula``), so the docs list exactly what the code has."""
+    from manual_bp.ops import OPS
+
+    rows = ["| op | drop-in modules | backward |", "| --- | --- | --- |"]
+    for op in OPS:
+        modules = ", ".join(f"`{manual.__name__}`" for _, manual in op.modules) or "—"
+        formula = " ".join(op.formula.split()).replace("|", "\\|")
+        rows.append(f"| `{op.name}` | {modules} | {formula} |")
+    _write("ops_table.md", "\n".join(rows) + "\n")
+
+
 _render_performance_tables()
+_render_ops_table()

@@ -213,7 +213,8 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
 
 @activation
 class GELU(Elementwise):
-    r""":math:`y = x Φ(x)` (``approximate='none'``) or its tanh approximation.
+    r""":math:`y = x Φ(x)`, :math:`f'(x) = Φ(x) + x φ(x)` (``approximate='none'``), or its tanh
+    approximation (below).
 
     .. math::
         f'(x) = Φ(x) + x φ(x) \quad \text{(exact)}, \qquad
@@ -603,6 +604,11 @@ PRELU_OP = Op(
     PReLUFunction,
     modules=((nn.PReLU, PReLU),),
     torch_functions=(F.prelu, torch.prelu),
+    formula=(
+        r"BP2: $\delta_x = \delta_y \odot (1$ if $x > 0$ else $a)$; "
+        r"BP3: $\partial c/\partial a = \sum \delta_y \odot \min(x, 0)$ "
+        "(per channel for one slope per channel)"
+    ),
 )
 
 #: Every parameter-free activation, by class: ``MLP(activation=...)`` takes their names.

@@ -22,6 +22,7 @@ The per-layer Function, the fused network and the engine all call the same ``bac
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
@@ -280,5 +281,14 @@ def activation(cls: E) -> E:
         function_class=cls.Function,
         modules=((cls.module, cls.Module),),
         torch_functions=cls.torch_functions,
+        formula=_formula(cls),
     )
     return cls
+
+
+def _formula(cls: type[Elementwise]) -> str:
+    """The docs' formula of an activation: BP2's ``⊙ f′(x)``, then ``f`` and ``f′`` from the first
+    paragraph of its docstring (its ``:math:`…``` roles as ``$…$``)."""
+    first = (cls.__doc__ or "").strip().split("\n\n")[0]
+    text = re.sub(r":math:`([^`]*)`", r"$\1$", " ".join(first.split()))
+    return "BP2: $\\delta_x = \\delta_y \\odot f'(x)$, where " + text

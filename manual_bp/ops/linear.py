@@ -167,5 +167,9 @@ LINEAR_OPS: tuple[Op, ...] = (
         LinearFunction,
         modules=((nn.Linear, Linear),),
         torch_functions=(F.linear,),
+        formula=(
+            r"BP2: $\delta_x = \delta W$; BP3: $\partial c/\partial W = \delta^\top x$, "
+            r"$\partial c/\partial b = \sum_{\text{rows}} \delta$"
+        ),
     ),
 )

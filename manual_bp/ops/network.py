@@ -600,7 +600,30 @@ def _mlp_loss_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
 
 NETWORK_OPS: tuple[Op, ...] = (
     # the fused network: the seed's whole BP1-BP2-BP3 loop in one backward
-    Op("mlp", mlp, _native_mlp, _mlp_samples, MLPFunction, checked=_manual_mlp),
+    Op(
+        "mlp",
+        mlp,
+        _native_mlp,
+        _mlp_samples,
+        MLPFunction,
+        checked=_manual_mlp,
+        formula=(
+            r"the seed's loop, $n = N..1$: BP2 $\delta_n = (\delta_{n+1} W_n) \odot f'(x_n)$; "
+            r"BP3 $\partial c/\partial W_n = \delta_{n+1}^\top y_n$, "
+            r"$\partial c/\partial b_n = \sum_{\text{rows}} \delta_{n+1}$"
+        ),
+    ),
     # the network and its error as one Function (BP1 inside)
-    Op("mlp_loss", mlp_loss, _native_mlp_loss, _mlp_loss_samples, MLPLossFunction, checked=_manual_mlp_loss),
+    Op(
+        "mlp_loss",
+        mlp_loss,
+        _native_mlp_loss,
+        _mlp_loss_samples,
+        MLPLossFunction,
+        checked=_manual_mlp_loss,
+        formula=(
+            r"BP1 $\delta_N = (y_N - t) \odot f'(x_N)$ (times the reduction's scale), "
+            "then the loop of `mlp`"
+        ),
+    ),
 )
