@@ -286,11 +286,9 @@ def _pool_args(
         if min(value) < low:
             expected = "greater than zero" if low else "non-negative"
             raise RuntimeError(f"{fn}: {name} must be {expected}, got {name}={value}")
-    if any(p_ > ((k_ - 1) * d_ + 1) // 2 for k_, d_, p_ in zip(k, d, p, strict=True)):
+    if any(p_ > k_ // 2 for k_, p_ in zip(k, p, strict=True)):  # (the kernel's size, dilation aside)
         raise RuntimeError(
-            f"{fn}: padding should be at most half of the effective kernel size "
-            "dilation·(kernel_size − 1) + 1, "
-            f"got padding={p}, kernel_size={k} and dilation={d}"
+            f"{fn}: padding should be at most half of kernel_size, got padding={p}, kernel_size={k}"
         )
     out = [pool_output_size(*a, ceil_mode) for a in zip(input.shape[-n:], k, s, p, d, strict=True)]
     if min(out) < 1:
