@@ -90,7 +90,9 @@ class PadFunction(ManualFunction):
                 # BP2: δ_x[src(j)] += δ_y[j]: the mirrored / edge / wrapped strips added back onto
                 # the entries they copy; (…, L+l+r, …) -> (…, L, …)
                 src = source_index(ctx.mode, size, left, right, grad.device)
-                grad = grad.new_zeros(_resized(grad.shape, dim, size)).index_add(dim, src, grad)
+                grad = grad.new_zeros(_resized(grad.shape, dim, size)).index_add_(
+                    dim, src, grad
+                )  # (new zeros)
         return grad, None, None, None
 
 

@@ -3,7 +3,7 @@ r"""Pooling: max, average and adaptive pooling; BP2 routes δ back to the window
 * max pooling (and adaptive max pooling): each output is one input entry, the window's argmax, so
   BP2 adds δ there: ``δ_x = scatter_add(0, argmax, δ_y)`` (its own backward is a ``gather``);
 * average pooling: each output is ``Σ_window x / divisor``, so BP2 spreads ``δ_y / divisor`` evenly
-  over the window (``F.fold`` of the repeated δ: col2im, the sum over kernel offsets);
+  over the window (a sum over kernel offsets of strided-slice additions);
 * adaptive average pooling: the windows are fixed per output size, ``y = A_h x A_wᵀ`` with ``A`` the
   row-normalised window indicator, so BP2 is ``δ_x = A_hᵀ δ_y A_w``, as for a linear layer.
 
@@ -12,6 +12,7 @@ Under autocast pooling runs in the input's dtype (it is on no autocast list), as
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +65,7 @@ def _max_backward(ctx: Any, grad_output: Tensor) -> Tensor | None:
     # BP2: δ_x[argmax] += δ_y; (*, o…) -> (*, O) scattered into (*, L) -> (*, L…)
     spatial = ctx.input_shape[-n:]
     grad = grad_output.new_zeros((*ctx.input_shape[:-n], math.prod(spatial)))
-    grad = grad.scatter_add(-1, indices.flatten(-n), grad_output.flatten(-n))
+    grad.scatter_add_(-1, indices.flatten(-n), grad_output.flatten(-n))  # (in place: on new zeros)
     return grad.unflatten(-1, spatial)
 
 
@@ -172,20 +173,20 @@ class AvgPoolFunction(ManualFunction):
             ]
             divisor = lengths[0] if n == 1 else lengths[0][:, None] * lengths[1]
             divisor = divisor.to(grad_output.device, grad_output.dtype)
-        # BP2: δ_x[j] = Σ_{windows w ∋ j} δ_y[w] / divisor_w: each window's share, repeated over its
-        # k entries (B, K, O) and summed back onto the input (col2im); 1-d pools as (1, L)
-        if n == 1:
-            k, s, p, spatial, out = (1, *k), (1, *s), (0, *p), (1, *spatial), (1, *out)
-        # the padded extent the windows cover: ceil_mode windows may run past the padded input
+        share = grad_output / divisor  # δ_y[w] / divisor_w
+        # BP2: δ_x[j] = Σ_{windows w ∋ j} δ_y[w] / divisor_w, as a sum over kernel offsets: offset a
+        # of every window is a strided slice a, a + s, … of the padded input; (*, o…) -> (*, padded L…).
+        # The padded extent holds every window (ceil_mode's may run past the padding) and the input.
         extent = [
-            max(size, (o - 1) * s_ + k_ - 2 * p_)
-            for size, o, k_, s_, p_ in zip(spatial, out, k, s, p, strict=True)
+            max((o - 1) * s_ + k_, p_ + size)
+            for o, s_, k_, p_, size in zip(out, s, k, p, spatial, strict=True)
         ]
-        share = (grad_output / divisor).reshape(-1, 1, math.prod(out))  # (*, o…) -> (B, 1, O)
-        cols = share.expand(-1, math.prod(k), -1)  # (B, 1, O) -> (B, K, O)
-        grad = F.fold(cols, extent, k, padding=p, stride=s)  # (B, K, O) -> (B, 1, *extent)
-        grad = grad[..., : spatial[0], : spatial[1]]  # (B, 1, *extent) -> (B, 1, H, W)
-        return grad.reshape(ctx.input_shape), None, None, None, None, None, None  # -> (*, L…)
+        grad = share.new_zeros((*share.shape[:-n], *extent))
+        for offset in itertools.product(*map(range, k)):  # entry `offset` of every window
+            entries = (slice(a, a + (o - 1) * s_ + 1, s_) for a, o, s_ in zip(offset, out, s, strict=True))
+            grad[(..., *entries)] += share
+        inside = (slice(p_, p_ + size) for p_, size in zip(p, spatial, strict=True))
+        return grad[(..., *inside)], *(None,) * 6  # the input's part: (*, padded L…) -> (*, L…)
 
 
 def adaptive_windows(size: int, out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
