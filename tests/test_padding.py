@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import doctest
 from collections.abc import Callable
 
 import pytest
@@ -234,3 +235,12 @@ ERRORS: list[tuple[Callable[[], Tensor], type[Exception], str]] = [
 def test_clear_errors(call: Callable[[], Tensor], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", [m[0] for m in _MODULES])
+def test_module_docstring_example_runs(name: str) -> None:
+    """Each module's doctest (its class lives in manual_bp.modules, where pytest's doctest finder
+    does not look) shows the manual grad_fn."""
+    tests = doctest.DocTestFinder().find(getattr(manual_bp, name), name)
+    results = [doctest.DocTestRunner().run(t) for t in tests]
+    assert sum(r.attempted for r in results) >= 3 and not any(r.failed for r in results)

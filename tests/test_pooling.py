@@ -3,6 +3,7 @@ average-pooling divisor torch uses), the pooling modules, convert/revert, autoca
 
 from __future__ import annotations
 
+import doctest
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -355,3 +356,12 @@ ERRORS: list[tuple[Callable[[], Any], type[Exception], str]] = [
 def test_clear_errors(call: Callable[[], Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", sorted({m[0] for m in _MODULES}))
+def test_module_docstring_example_runs(name: str) -> None:
+    """Each module's doctest (its class lives in manual_bp.modules, where pytest's doctest finder
+    does not look) shows the manual grad_fn."""
+    tests = doctest.DocTestFinder().find(getattr(manual_bp, name), name)
+    results = [doctest.DocTestRunner().run(t) for t in tests]
+    assert sum(r.attempted for r in results) >= 2 and not any(r.failed for r in results)

@@ -183,7 +183,7 @@ def _padding_module(native: type[nn.Module], mode: str) -> type[nn.Module]:
     doc = f"""``torch.nn.{name}`` with the explicit backward of :func:`manual_bp.functional.pad`.
 
     >>> import torch, manual_bp
-    >>> layer = manual_bp.{name}(1)
+    >>> layer = manual_bp.{name}({"1, 0.5" if name.startswith("Constant") else "1"})
     >>> layer(torch.randn({", ".join(["2"] * (int(name[-2]) + 1))}, requires_grad=True)).grad_fn.name()
     'PadFunctionBackward'
     """
