@@ -64,6 +64,12 @@ def test_2d_and_3d_pads_match_native(mode: str, pad: tuple[int, ...]) -> None:
     _compare(batched[1:], pad, mode)  # unbatched
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_empty_batch(mode: str) -> None:
+    _compare((0, 3, 5), (2, 1), mode)
+    _compare((0, 2, 4, 3), (1, 1, 2, 0), mode)
+
+
 def test_constant_pads_any_dim_with_value() -> None:
     _compare((2, 3, 4), (1, 1, -1, 2, 2, 0), "constant", 1.5)  # every dim, the batch dim too
     _compare((2, 3, 4), (-2, -2), "constant")  # cropped to nothing
