@@ -249,6 +249,8 @@ class Dropout3d(nn.Dropout3d):
         return dropout3d(input, self.p, self.training, self.inplace)
 
 
+# p=0, training=False and empty inputs return the input itself (no node, nothing computed), as
+# native does: they are tested in tests/test_dropout.py, not sampled here
 def _dropout_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
     def x(*shape: int) -> Tensor:
         return tensor(shape, dtype, device)
@@ -257,13 +259,10 @@ def _dropout_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
         Sample((x(8, 3),), label="batch [8]"),
         Sample((x(2, 3, 4), 0.2), label="batch [2, 3], p=0.2"),
         Sample((x(),), label="0-d"),
-        Sample((x(0, 3),), label="empty batch"),
         # every other column: a transposed input would do too, but its mask follows its memory
         # layout (empty_like keeps the strides), which the suite's finite differences do not keep
         Sample((x(4, 6).detach()[:, ::2].requires_grad_(True),), label="non-contiguous"),
-        Sample((x(4, 3), 0.0), label="p=0"),
         Sample((x(4, 3), 1.0), label="p=1"),
-        Sample((x(4, 3), 0.5, False), label="training=False"),
     ]
 
 
@@ -279,13 +278,15 @@ def _feature_samples(spatial: int) -> Any:
             # unbatched (C, *spatial); a 3-D input to dropout2d is taken as (N, C, L), with a warning
             Sample((x(4, *size) if spatial != 2 else x(1, 4, 3, 2), 0.3), label="unbatched / N=1, p=0.3"),
             Sample((noncontiguous((2, 2, *size[:-1], 3), dtype, device),), label="non-contiguous"),
-            Sample((x(0, 3, *size),), label="empty batch"),
             Sample((x(2, 3, *size), 1.0), label="p=1"),
-            Sample((x(2, 3, *size), 0.5, False), label="training=False"),
         ]
 
     return make
 
+
+# test_ops compiles the seeded call, fork_rng and all, which dynamo cannot trace (native fails the
+# same way there); tests/test_dropout.py compiles dropout itself and compares with eager's draws
+_SKIPS = {"compile": "the seeding fork_rng around each call cannot be compiled (tested in test_dropout.py)"}
 
 _FORMULA = r"BP2: $\delta \odot m / (1 - p)$ (the saved scaled mask{})"
 
@@ -300,6 +301,7 @@ DROPOUT_OPS: tuple[Op, ...] = (
         torch_functions=(F.dropout, torch.dropout),
         formula=_FORMULA.format(""),
         random=True,
+        skips=_SKIPS,
     ),
     *(
         Op(
@@ -312,6 +314,7 @@ DROPOUT_OPS: tuple[Op, ...] = (
             torch_functions=(native,),
             formula=_FORMULA.format(", one draw per channel"),
             random=True,
+        skips=_SKIPS,
         )
         for k, function, native, module, manual in (
             (1, dropout1d, F.dropout1d, nn.Dropout1d, Dropout1d),

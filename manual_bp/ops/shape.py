@@ -7,7 +7,6 @@ input's shape.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -310,8 +309,12 @@ def unflatten(input: Tensor, dim: int, sizes: Sequence[int]) -> Tensor:
         raise TypeError(f"unflatten expected sizes to be a tuple or list of ints, got {sizes!r}")
     sizes = tuple(int(s) for s in sizes)
     size = input.shape[dim]
-    known = math.prod(s for s in sizes if s != -1)
-    inferred = sizes.count(-1)
+    known, inferred = 1, 0  # the product of the given sizes, and how many are -1
+    for s in sizes:
+        if s == -1:
+            inferred += 1
+        else:
+            known *= s
     if (
         inferred > 1
         or any(s < -1 for s in sizes)
