@@ -3,8 +3,10 @@ r"""Dropout: ``y = x ⊙ m / (1 − p)`` with native's random draws; BP2 is ``δ
 The mask is drawn outside the Function with the very calls ATen's CPU dropout makes
 (``Dropout.cpp``: ``noise = empty_like(x).bernoulli_(1 − p); noise.div_(1 − p); x * noise``, the
 feature variants with noise of shape ``(N, C, 1, …)``), so a seeded run draws native's masks bit
-for bit; the Function itself is the deterministic product with the scaled mask. (On CUDA native
-dropout runs a fused kernel with its own draws: the masks there are equally distributed, not equal.)
+for bit; the Function itself is the deterministic product with the scaled mask. On CUDA native
+``dropout`` runs the fused ``native_dropout`` kernel instead: its mask is taken from that kernel
+(the same draws; float16/bfloat16 outputs may differ from native's by an ulp, since the scaled
+mask is rounded to the input's dtype where the fused kernel scales in float32).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def _check_p(p: Any) -> None:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
+# device types where native dropout (not the feature variants) runs ATen's fused native_dropout
+# kernel, whose draws differ from bernoulli_'s (Dropout.cpp, is_fused_kernel_acceptable)
+_FUSED_ON = ("cuda", "xpu")
+
+
 def _warn(message: str) -> None:
     """Warn as native does, from the caller of the public function (not while compiling: dynamo
     cannot trace ``warnings.warn``)."""
@@ -90,6 +97,10 @@ def _dropout(input: Tensor, p: float, training: bool, feature: bool) -> Tensor:
         )
     if p == 1:
         scaled_mask = torch.zeros((), dtype=input.dtype, device=input.device)  # native: x * 0
+    elif not feature and input.device.type in _FUSED_ON:
+        # native runs its fused kernel there: take its mask (the same draws), scale it ourselves
+        _, keep = torch.native_dropout(input.detach(), p, True)
+        scaled_mask = keep.to(input.dtype) * (1.0 / (1 - p))  # m / (1 − p)
     else:
         if feature:  # one draw per (sample, channel), broadcast over the rest
             scaled_mask = input.new_empty((*input.shape[:2], *(1,) * (input.dim() - 2)))
@@ -314,7 +325,7 @@ DROPOUT_OPS: tuple[Op, ...] = (
             torch_functions=(native,),
             formula=_FORMULA.format(", one draw per channel"),
             random=True,
-        skips=_SKIPS,
+            skips=_SKIPS,
         )
         for k, function, native, module, manual in (
             (1, dropout1d, F.dropout1d, nn.Dropout1d, Dropout1d),
