@@ -1,8 +1,10 @@
 r"""Shape layers: softmax, log-softmax, flatten and unflatten.
 
 Softmax's BP2 ``P ⊙ (δ − Σ_dim δ ⊙ P)`` and log-softmax's ``δ − softmax(x) ⊙ Σ_dim δ`` are the
-softmax Jacobian applied to δ; flatten's and unflatten's BP2 only move numbers back into the
-input's shape.
+softmax Jacobian applied to δ (for float16/bfloat16 computed in float32 and rounded once, as native's
+kernels do: in bfloat16 throughout, softmax's gradient was up to 6.5 times as far from the float64
+truth as native's, measured over 50 random (8, 64) inputs); flatten's and unflatten's BP2 only
+move numbers back into the input's shape.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from manual_bp._function import ManualFunction, autocast_enabled, check_floating
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
+from manual_bp.ops.elementwise import to_float32
 
 __all__ = [
     "SHAPE_OPS",
@@ -86,8 +89,9 @@ class SoftmaxFunction(ManualFunction):
         (p,) = ctx.saved_tensors
         grad_input = None
         if ctx.needs_input_grad[0]:
+            p, delta = to_float32(p), to_float32(grad_output)  # float16/bfloat16: in float32, as native
             # BP2: P ⊙ (δ − Σ_dim δ ⊙ P); the sum keeps dim (size 1) and broadcasts back
-            grad_input = p * (grad_output - (grad_output * p).sum(ctx.dim, keepdim=True))
+            grad_input = (p * (delta - (delta * p).sum(ctx.dim, keepdim=True))).to(grad_output.dtype)
         return grad_input, None
 
 
@@ -114,8 +118,9 @@ class LogSoftmaxFunction(ManualFunction):
         (log_p,) = ctx.saved_tensors
         grad_input = None
         if ctx.needs_input_grad[0]:
+            log_p, delta = to_float32(log_p), to_float32(grad_output)  # float16/bfloat16: in float32
             # BP2: δ − softmax(x) ⊙ Σ_dim δ; the sum keeps dim (size 1) and broadcasts back
-            grad_input = grad_output - log_p.exp() * grad_output.sum(ctx.dim, keepdim=True)
+            grad_input = (delta - log_p.exp() * delta.sum(ctx.dim, keepdim=True)).to(grad_output.dtype)
         return grad_input, None
 
 
