@@ -130,6 +130,24 @@ def test_scale_grad_by_freq_divides_by_the_count() -> None:
     torch.testing.assert_close(g, expected, **TOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("scale", [False, True], ids=["sum", "scale_grad_by_freq"])
+def test_frequent_index_in_low_precision(dtype: torch.dtype, scale: bool) -> None:
+    """An index 3000 times in a batch: in bfloat16 a running sum of ones stops at 256 (float16 at
+    2048), so the rows are summed, and counted, in float32 and integers (as native's CUDA kernel
+    does; its CPU kernel sums in the low precision and gives 256 and 0.125 in bfloat16 here)."""
+    w = torch.randn(V, D).to(dtype).requires_grad_(True)
+    idx = torch.cat([torch.full((3000,), 2), torch.tensor([0, 1])])
+    grad_output = torch.ones(idx.shape[0], D, dtype=dtype)
+    (g,) = torch.autograd.grad(MF.embedding(idx, w, scale_grad_by_freq=scale), w, grad_output)
+    w64 = w.detach().double().requires_grad_(True)
+    (truth,) = torch.autograd.grad(F.embedding(idx, w64, scale_grad_by_freq=scale), w64, grad_output.double())
+    expected = torch.tensor(1.0 if scale else 3000.0, dtype=torch.float64)  # 3000 δ's (÷ 3000 if scaled)
+    torch.testing.assert_close(truth[2, 0], expected)
+    assert g.dtype == dtype
+    torch.testing.assert_close(g, truth.to(dtype), rtol=0, atol=0)  # the truth rounded once
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"padding_idx": 1}, {"scale_grad_by_freq": True}, {"padding_idx": -1, "scale_grad_by_freq": True}],

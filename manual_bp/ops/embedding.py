@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from manual_bp._function import ManualFunction, check_floating
 from manual_bp._torch_private import functorch_active
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
+from manual_bp.ops.elementwise import to_float32
 
 __all__ = ["EMBEDDING_OPS", "Embedding", "EmbeddingFunction", "embedding"]
 
@@ -45,16 +46,19 @@ class EmbeddingFunction(ManualFunction):
         grad_weight = None
         if ctx.needs_input_grad[1]:
             index = input.reshape(-1)  # (*) -> (N,)
-            delta = grad_output.reshape(index.shape[0], grad_output.shape[-1])  # (*, D) -> (N, D)
+            # float16/bfloat16 summed in float32, as native's CUDA kernel does (in bfloat16 a running
+            # sum of ones stops at 256, as native's CPU kernel's does: see test_embedding.py)
+            delta = to_float32(grad_output).reshape(index.shape[0], grad_output.shape[-1])  # (*, D) -> (N, D)
             num = ctx.num_embeddings
             if ctx.scale_grad_by_freq:  # δ_n / count(i_n), the count over the whole batch
-                ones = torch.ones(index.shape, dtype=delta.dtype, device=delta.device)
-                count = delta.new_zeros(num).index_add(0, index, ones)  # (N,) -> (num_embeddings,)
+                ones = torch.ones_like(index, dtype=torch.int64)  # integers: bfloat16 stops counting at 256
+                count = ones.new_zeros(num).index_add(0, index, ones)  # (N,) -> (num_embeddings,)
                 delta = delta / count[index].unsqueeze(1)  # (N, D) / (N, 1)
             if ctx.padding_idx >= 0:  # the padding row gets no gradient
                 delta = delta * (index != ctx.padding_idx).unsqueeze(1).to(delta.dtype)  # (N, D) ⊙ (N, 1)
             # BP3: ∂c/∂W_k = Σ_{n: i_n = k} δ_n; (N, D) -> (num_embeddings, D)
             grad_weight = delta.new_zeros(num, delta.shape[1]).index_add(0, index, delta)
+            grad_weight = grad_weight.to(grad_output.dtype)  # (a no-op unless float16/bfloat16)
         return None, grad_weight, None, None
 
 
