@@ -74,6 +74,20 @@ def test_dtype_argument_like_native(name: str, in_dtype: torch.dtype, dtype: tor
     torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("name", SOFTMAXES)
+def test_dtype_as_third_positional_like_torch_softmax(name: str) -> None:
+    """torch.softmax(input, dim, dtype) and Tensor.softmax(dim, dtype) (torch_functions of the op)
+    put dtype where F.softmax has _stacklevel: both spellings mean the same here."""
+    manual, _ = SOFTMAXES[name]
+    x = torch.randn(3, 4)
+    out = manual(x, 1, torch.float64)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, getattr(torch, name)(x, 1, torch.float64), **TOL)
+    assert torch.equal(out, getattr(x, name)(1, torch.float64))
+    with pytest.raises(TypeError, match="got two dtypes"):
+        manual(x, 1, torch.float64, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("name", SOFTMAXES)
 def test_cpu_autocast_keeps_the_input_dtype_like_native(name: str, in_dtype: torch.dtype) -> None:

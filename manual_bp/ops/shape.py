@@ -140,6 +140,10 @@ def _softmax_input(
 ) -> tuple[Tensor, int]:
     """The checked (and cast) input and dim of ``softmax``/``log_softmax``."""
     _check_tensor(name, input)
+    if isinstance(stacklevel, torch.dtype):  # torch.softmax(input, dim, dtype), Tensor.softmax(dim, dtype)
+        if dtype is not None:
+            raise TypeError(f"{name} got two dtypes: {stacklevel} (third positional argument) and {dtype}")
+        stacklevel, dtype = 3, stacklevel
     if dim is None:
         dim = _softmax_dim(name, input.dim(), stacklevel + 1)
     dim = _wrap_dim(dim, input.dim())
@@ -165,7 +169,9 @@ def softmax(
 
     Shape ``(*) -> (*)``. As ``torch.nn.functional.softmax``: ``dim=None`` picks torch's legacy
     implicit dim with its deprecation warning, ``dtype`` casts the input first; under CUDA autocast
-    float16/bfloat16 inputs run in float32 (on the CPU in their own dtype, as native).
+    float16/bfloat16 inputs run in float32 (on the CPU in their own dtype, as native). A dtype as the
+    third positional argument is taken as ``dtype``, so that ``torch.softmax(input, dim, dtype)``
+    and ``Tensor.softmax(dim, dtype)`` calls mean the same here.
     """
     input, dim = _softmax_input("softmax", input, dim, _stacklevel, dtype)
     return SoftmaxFunction.apply(input, dim)
