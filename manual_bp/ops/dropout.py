@@ -297,8 +297,6 @@ def _feature_samples(spatial: int) -> Any:
 
 # test_ops compiles the seeded call, fork_rng and all, which dynamo cannot trace (native fails the
 # same way there); tests/test_dropout.py compiles dropout itself and compares with eager's draws
-_SKIPS = {"compile": "the seeding fork_rng around each call cannot be compiled (tested in test_dropout.py)"}
-
 _FORMULA = r"BP2: $\delta \odot m / (1 - p)$ (the saved scaled mask{})"
 
 DROPOUT_OPS: tuple[Op, ...] = (
@@ -312,7 +310,6 @@ DROPOUT_OPS: tuple[Op, ...] = (
         torch_functions=(F.dropout, torch.dropout),
         formula=_FORMULA.format(""),
         random=True,
-        skips=_SKIPS,
     ),
     *(
         Op(
@@ -325,7 +322,6 @@ DROPOUT_OPS: tuple[Op, ...] = (
             torch_functions=(native,),
             formula=_FORMULA.format(", one draw per channel"),
             random=True,
-            skips=_SKIPS,
         )
         for k, function, native, module, manual in (
             (1, dropout1d, F.dropout1d, nn.Dropout1d, Dropout1d),
