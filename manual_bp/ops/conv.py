@@ -1,10 +1,814 @@
 r"""Convolution: ``conv1d/2d/3d``, ``conv_transpose1d/2d`` (and padding modes): the seed's linear layer
-applied to patches. BP3 is δ against the input's patches, BP2 is ``δ W`` folded back."""
+applied to patches. BP3 is δ against the input's patches, BP2 is ``δ W`` folded back.
+
+A convolution is the linear layer ``x' = y Wᵀ + b`` applied at every output position ``m`` to the
+patch of the input that the kernel covers there: ``x'_m = patch_m(y) Wᵀ + b``, with ``W`` flattened
+to ``(C_out, K·C_in)`` (``K`` kernel offsets). Its backward is the linear layer's, position by
+position:
+
+* BP3: ``∂c/∂W = Σ_m δ_mᵀ patch_m(y)`` — δ against the input's patches (im2col);
+* BP2: ``∂c/∂y = fold(δ W)`` — each position's ``δ_m W`` is a patch of input gradient, and the
+  patches are added back where they came from (col2im);
+* ``∂c/∂b = Σ_m δ_m``.
+
+Both run on channels-last rows (``(N·P, C)``: one row per batch entry and position), for any number
+of spatial dims: :func:`_patch_index` lists, for every output position and kernel offset, the input
+row the kernel reads there (a zero row where it reads padding); :func:`_patches` gathers them
+(``index_select``) and :func:`_fold` adds them back (``index_add``). Groups are a leading batch dim of
+the matmuls (``einsum`` over ``g``). A transposed convolution is the same layer read backwards: its
+forward is a conv's BP2, so its BP2 is a convolution of δ's patches with ``W`` and its BP3 is the
+input against δ's patches — the same helpers with the roles of input and δ swapped.
+"""
 
 from __future__ import annotations
 
-from manual_bp.ops._op import Op
+import math
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["CONV_OPS"]
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-CONV_OPS: tuple[Op, ...] = ()
+from manual_bp._function import ManualFunction, autocast_cast, autocast_dtype, check_floating, check_same
+from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
+from manual_bp.ops.padding import pad
+
+__all__ = [
+    "CONV_OPS",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvFunction",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTransposeFunction",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+]
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+Pads = tuple[tuple[int, int], ...]  # (before, after) per spatial dim
+
+
+# --------------------------------------------------------------------------------------------
+# Patches (im2col) and fold (col2im) on channels-last rows
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``(N, C, *S) -> (N·P, C)``: one row per batch entry and position (a copy)."""
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+def _unrows(rows: Tensor, n: int, size: Sequence[int]) -> Tensor:
+    """``(N·P, C) -> (N, C, *S)``, contiguous: the inverse of :func:`_rows`."""
+    return rows.reshape(n, *size, rows.shape[-1]).movedim(-1, 1).contiguous()
+
+
+def _patch_index(
+    n: int,
+    in_size: Sequence[int],
+    out_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    before: Sequence[int],
+    dilation: Sequence[int],
+    device: torch.device,
+) -> Tensor | None:
+    """For every batch entry, output position and kernel offset (row-major ``(N, L, K)``), the input
+    row (of :func:`_rows`, ``N·P`` rows) the kernel reads: ``n·P + Σ_d coord_d·stride_d`` with
+    ``coord_d = o_d·stride_d − before_d + k_d·dilation_d``, or ``N·P`` (a zero row) in the padding.
+
+    ``None`` where every patch is one input row in order (a 1x1 kernel, stride 1, no padding): the
+    convolution is then a plain matmul and needs no gather.
+    """
+    if all(k == 1 and s == 1 and b == 0 for k, s, b in zip(kernel, stride, before, strict=True)):
+        if tuple(in_size) == tuple(out_size):
+            return None
+    d = len(in_size)
+    flat = torch.zeros((), dtype=torch.long, device=device)
+    inside = torch.ones((), dtype=torch.bool, device=device)
+    for i in range(d):
+        o = torch.arange(out_size[i], device=device) * stride[i] - before[i]
+        coord = o[:, None] + torch.arange(kernel[i], device=device) * dilation[i]  # (O_i, K_i)
+        shape = [1] * (2 * d)
+        shape[i], shape[d + i] = out_size[i], kernel[i]
+        flat = flat * in_size[i] + coord.view(shape)  # (O_0..O_i, K_0..K_i) broadcast
+        inside = inside & ((coord >= 0) & (coord < in_size[i])).view(shape)
+    positions = math.prod(in_size)
+    per_image = flat.reshape(1, math.prod(out_size), -1)  # (1, L, K)
+    rows = per_image + (torch.arange(n, device=device) * positions).view(n, 1, 1)  # (N, L, K)
+    return torch.where(inside.reshape(per_image.shape), rows, n * positions).reshape(-1)  # (N·L·K,)
+
+
+def _patches(rows: Tensor, index: Tensor | None, kernel: int) -> Tensor:
+    """im2col: ``(N·P, C) -> (N·L, K, C)``, each output position's patch (zeros where it is padding)."""
+    if index is None:
+        return rows.unsqueeze(1)  # (N·P, 1, C)
+    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])  # (N·P + 1, C): the zero row last
+    return padded.index_select(0, index).view(-1, kernel, rows.shape[1])  # (N·L·K, C) -> (N·L, K, C)
+
+
+def _fold(cols: Tensor, index: Tensor | None, n_rows: int) -> Tensor:
+    """col2im: ``(N·L, K, C) -> (N·P, C)``, each patch entry added onto the input row it came from."""
+    if index is None:
+        return cols.squeeze(1)  # (N·P, 1, C) -> (N·P, C)
+    c = cols.shape[-1]
+    out = cols.new_zeros(n_rows + 1, c).index_add(0, index, cols.reshape(-1, c))  # (N·P + 1, C)
+    return out[:-1]  # the zero row collected the padding's share: dropped
+
+
+# The three products, each written once. ``g`` = group, ``m`` = output position (of the conv that
+# reads the patches), ``k`` = kernel offset; ``a``/``b`` = channels per group on the patch side and
+# on the other side.
+
+
+def _spread(values: Tensor, weight: Tensor) -> Tensor:
+    """``δ W`` per position: ``(M, G, b) x (G, b, K, a) -> (M, K, G, a)`` (a patch per position)."""
+    return torch.einsum("mgb,gbka->mkga", values, weight)
+
+
+def _gather(patches: Tensor, weight: Tensor) -> Tensor:
+    """``patch W`` per position: ``(M, K, G, a) x (G, b, K, a) -> (M, G, b)`` (a convolution)."""
+    return torch.einsum("mkga,gbka->mgb", patches, weight)
+
+
+def _outer(values: Tensor, patches: Tensor) -> Tensor:
+    """``Σ_m valuesᵀ patch``: ``(M, G, b) x (M, K, G, a) -> (G, b, K, a)`` (a weight gradient)."""
+    return torch.einsum("mgb,mkga->gbka", values, patches)
+
+
+def _grouped(weight: Tensor, groups: int) -> Tensor:
+    """``(G·b, a, *K) -> (G, b, K, a)``: a weight as the matrices of :func:`_spread`, :func:`_gather`."""
+    return weight.flatten(2).unflatten(0, (groups, -1)).transpose(2, 3)
+
+
+def _ungrouped(grad: Tensor, kernel: Sequence[int]) -> Tensor:
+    """``(G, b, K, a) -> (G·b, a, *K)``, contiguous: the inverse of :func:`_grouped`."""
+    return grad.transpose(2, 3).flatten(0, 1).unflatten(2, tuple(kernel)).contiguous()
+
+
+def _batched(tensors: tuple[Tensor | None, ...], d: int) -> tuple[bool, list[Tensor | None]]:
+    """Unbatched ``(C, *S)`` tensors get a batch dim of 1."""
+    unbatched = tensors[0] is not None and tensors[0].dim() == d + 1
+    return unbatched, [t.unsqueeze(0) if unbatched and t is not None else t for t in tensors]
+
+
+# --------------------------------------------------------------------------------------------
+# The Functions
+# --------------------------------------------------------------------------------------------
+
+
+class ConvFunction(ManualFunction):
+    r"""An N-d convolution ``x' = patches(y) Wᵀ + b`` (cross-correlation, as in torch).
+
+    .. math::
+        \frac{\partial c}{\partial y} = \operatorname{fold}(\delta W), \quad
+        \frac{\partial c}{\partial W} = \textstyle\sum_m \delta_m^\top \operatorname{patch}_m(y), \quad
+        \frac{\partial c}{\partial b} = \textstyle\sum_m \delta_m
+    """
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, ...],
+        padding: Pads,
+        dilation: tuple[int, ...],
+        groups: int,
+    ) -> Tensor:
+        conv = _CONV[len(stride)]
+        if all(b == a for b, a in padding):
+            return conv(input, weight, bias, stride, tuple(b for b, _ in padding), dilation, groups)
+        # asymmetric ('same' with an even span): zeros padded first, as native does
+        return conv(F.pad(input, _pad_arg(padding)), weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        needs = ctx.needs_input_grad
+        ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
+        ctx.input_shape, ctx.kernel = input.shape, weight.shape[2:]
+        ctx.has_bias = bias is not None
+        ctx.geometry = (stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        needs = ctx.needs_input_grad
+        d = len(stride)
+        unbatched, (grad_output, input) = _batched((grad_output, input), d)
+        shape = ctx.input_shape if not unbatched else (1, *ctx.input_shape)
+        n, in_size, out_size = shape[0], shape[2:], grad_output.shape[2:]
+        kernel = ctx.kernel
+        delta = _rows(grad_output).unflatten(1, (groups, -1))  # δ: (N, C_out, *O) -> (N·L, G, C_out/G)
+        grad_input = grad_weight = grad_bias = None
+        if needs[0] or needs[1]:
+            index = _patch_index(
+                n, in_size, out_size, kernel, stride, [b for b, _ in padding], dilation, grad_output.device
+            )
+        if needs[0]:
+            # BP2: ∂c/∂y = fold(δ W); (N·L, G, C_out/G) x (G, C_out/G, K, C_in/G) -> (N·L, K, G, C_in/G)
+            cols = _spread(delta, _grouped(weight, groups)).flatten(2)  # -> (N·L, K, C_in)
+            grad_input = _unrows(_fold(cols, index, n * math.prod(in_size)), n, in_size)  # -> (N, C_in, *S)
+        if needs[1]:
+            patches = _patches(_rows(input), index, math.prod(kernel))  # (N·L, K, C_in)
+            # BP3: ∂c/∂W = Σ_m δ_mᵀ patch_m(y);
+            # (N·L, G, C_out/G) x (N·L, K, G, C_in/G) -> (G, C_out/G, K, C_in/G) -> (C_out, C_in/G, *K)
+            grad_weight = _ungrouped(_outer(delta, patches.unflatten(2, (groups, -1))), kernel)
+        if ctx.has_bias and needs[2]:
+            grad_bias = delta.sum(0).flatten()  # BP3: ∂c/∂b = Σ_m δ_m; (N·L, G, C_out/G) -> (C_out,)
+        if unbatched and grad_input is not None:
+            grad_input = grad_input.squeeze(0)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+class ConvTransposeFunction(ManualFunction):
+    r"""An N-d transposed convolution: the conv's BP2 as a layer, ``x' = fold(y W) + b``.
+
+    .. math::
+        \frac{\partial c}{\partial y_m} = \operatorname{patch}_m(\delta) W^\top, \quad
+        \frac{\partial c}{\partial W} = \textstyle\sum_m y_m^\top \operatorname{patch}_m(\delta), \quad
+        \frac{\partial c}{\partial b} = \textstyle\sum \delta
+    """
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        output_padding: tuple[int, ...],
+        groups: int,
+        dilation: tuple[int, ...],
+    ) -> Tensor:
+        conv_transpose = _CONV_TRANSPOSE[len(stride)]
+        return conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, weight, bias, stride, padding, _, groups, dilation = inputs
+        needs = ctx.needs_input_grad
+        ctx.save_for_backward(input if needs[1] else None, weight if needs[0] else None)
+        ctx.input_shape, ctx.kernel = input.shape, weight.shape[2:]
+        ctx.has_bias = bias is not None
+        ctx.geometry = (stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        needs = ctx.needs_input_grad
+        kernel = ctx.kernel
+        unbatched, (grad_output, input) = _batched((grad_output, input), len(stride))
+        shape = ctx.input_shape if not unbatched else (1, *ctx.input_shape)
+        n, in_size = shape[0], shape[2:]
+        grad_input = grad_weight = grad_bias = None
+        if needs[0] or needs[1]:
+            # the conv that reads δ with this geometry has the layer's input size as its output size
+            index = _patch_index(
+                n, grad_output.shape[2:], in_size, kernel, stride, padding, dilation, grad_output.device
+            )
+            patches = _patches(_rows(grad_output), index, math.prod(kernel))  # δ: (N·L, K, C_out)
+            patches = patches.unflatten(2, (groups, -1))  # -> (N·L, K, G, C_out/G)
+        if needs[0]:
+            # BP2: ∂c/∂y_m = patch_m(δ) Wᵀ; (N·L, K, G, C_out/G) x (G, C_in/G, K, C_out/G) -> (N·L, G, C_in/G)
+            rows = _gather(patches, _grouped(weight, groups)).flatten(1)  # -> (N·L, C_in)
+            grad_input = _unrows(rows, n, in_size)  # -> (N, C_in, *S)
+            if unbatched:
+                grad_input = grad_input.squeeze(0)
+        if needs[1]:
+            values = _rows(input).unflatten(1, (groups, -1))  # y: (N, C_in, *S) -> (N·L, G, C_in/G)
+            # BP3: ∂c/∂W = Σ_m y_mᵀ patch_m(δ);
+            # (N·L, G, C_in/G) x (N·L, K, G, C_out/G) -> (G, C_in/G, K, C_out/G)
+            grad_weight = _ungrouped(_outer(values, patches), kernel)  # -> (C_in, C_out/G, *K)
+        if ctx.has_bias and needs[2]:
+            # BP3: ∂c/∂b = Σ δ over batch and positions; (N, C_out, *S') -> (C_out,)
+            grad_bias = grad_output.sum([0, *range(2, grad_output.dim())])
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def _pad_arg(padding: Pads) -> list[int]:
+    """``((before, after), ...)`` per dim, first dim first -> ``F.pad``'s list (last dim first)."""
+    return [p for pair in reversed(padding) for p in pair]
+
+
+def _ints(value: Any, d: int, name: str, op: str, minimum: int) -> tuple[int, ...]:
+    """An int or a sequence of ``d`` ints (or one), each ``>= minimum``, as a ``d``-tuple."""
+    values = (value,) if isinstance(value, int) else value
+    if not isinstance(values, Sequence) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise TypeError(f"{op}: {name} must be an int or a tuple of {d} ints, got {value!r}")
+    if len(values) == 1:
+        values = tuple(values) * d
+    if len(values) != d:
+        raise ValueError(f"{op}: {name} must be an int or a tuple of {d} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be {what}, got {value!r}")
+    return tuple(values)
+
+
+def _check_tensors(op: str, d: int, input: Any, weight: Any, bias: Any) -> None:
+    check_floating("input", input)
+    check_floating("weight", weight)
+    if bias is not None:
+        check_floating("bias", bias)
+    if weight.dim() != d + 2:
+        raise ValueError(f"{op} expected a {d + 2}-D weight, got shape {tuple(weight.shape)}")
+    if input.dim() not in (d + 1, d + 2):
+        raise ValueError(
+            f"Expected {d + 1}D (unbatched) or {d + 2}D (batched) input to {op}, "
+            f"but got input of shape {tuple(input.shape)}"
+        )
+
+
+def _check_groups(op: str, groups: Any, channels: int, what: str) -> None:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive integer, got {groups!r}")
+    if channels % groups:
+        raise ValueError(f"{op}: {what} ({channels}) must be divisible by groups ({groups})")
+
+
+def _check_same_device_dtype(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    check_same("weight", weight, "input", input)
+    if bias is not None:
+        check_same("bias", bias, "input", input)
+
+
+def _resolve_padding(
+    op: str, padding: Any, d: int, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
+) -> Pads:
+    """``padding`` (int, tuple, ``'same'``, ``'valid'``) as ``(before, after)`` per dim; ``'same'`` puts
+    the odd one of an even span ``dilation·(k − 1)`` after, as native does."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * d
+        if padding != "same":
+            raise ValueError(f"{op}: invalid padding string {padding!r}, expected 'same' or 'valid'")
+        if any(s != 1 for s in stride):
+            raise ValueError(
+                f"{op}: padding='same' is not supported for strided convolutions (stride={stride})"
+            )
+        spans = [dil * (k - 1) for k, dil in zip(kernel, dilation, strict=True)]
+        return tuple((s // 2, s - s // 2) for s in spans)
+    return tuple((p, p) for p in _ints(padding, d, "padding", op, 0))
+
+
+def _conv(
+    d: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> Tensor:
+    op = f"conv{d}d"
+    _check_tensors(op, d, input, weight, bias)
+    stride = _ints(stride, d, "stride", op, 1)
+    dilation = _ints(dilation, d, "dilation", op, 1)
+    out_channels, kernel = weight.shape[0], tuple(weight.shape[2:])
+    _check_groups(op, groups, out_channels, "out_channels (weight.shape[0])")
+    channels = input.shape[-d - 1]
+    if channels != weight.shape[1] * groups:
+        raise ValueError(
+            f"{op} expected input with {weight.shape[1] * groups} channels "
+            f"(weight.shape[1]={weight.shape[1]} x groups={groups}), "
+            f"got {channels} channels (input of shape {tuple(input.shape)})"
+        )
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"{op}: bias must have shape ({out_channels},), got shape {tuple(bias.shape)}")
+    pads = _resolve_padding(op, padding, d, kernel, stride, dilation)
+    size = input.shape[-d:]
+    padded = [s + b + a for s, (b, a) in zip(size, pads, strict=True)]
+    span = [dil * (k - 1) + 1 for k, dil in zip(kernel, dilation, strict=True)]
+    if any(p < k for p, k in zip(padded, span, strict=True)):
+        raise ValueError(
+            f"{op}: the padded input size per channel {tuple(padded)} is smaller than the (dilated) "
+            f"kernel size {tuple(span)}"
+        )
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+    _check_same_device_dtype(input, weight, bias)
+    return ConvFunction.apply(input, weight, bias, stride, pads, dilation, groups)
+
+
+def _conv_transpose(
+    d: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any,
+    padding: Any,
+    output_padding: Any,
+    groups: int,
+    dilation: Any,
+) -> Tensor:
+    op = f"conv_transpose{d}d"
+    _check_tensors(op, d, input, weight, bias)
+    stride = _ints(stride, d, "stride", op, 1)
+    dilation = _ints(dilation, d, "dilation", op, 1)
+    if isinstance(padding, str):
+        raise ValueError(f"{op}: padding must be an int or a tuple of {d} ints, got {padding!r}")
+    padding = _ints(padding, d, "padding", op, 0)
+    output_padding = _ints(output_padding, d, "output_padding", op, 0)
+    in_channels, kernel = weight.shape[0], tuple(weight.shape[2:])
+    _check_groups(op, groups, in_channels, "in_channels (weight.shape[0])")
+    channels = input.shape[-d - 1]
+    if channels != in_channels:
+        raise ValueError(
+            f"{op} expected input with {in_channels} channels (weight.shape[0]), "
+            f"got {channels} channels (input of shape {tuple(input.shape)})"
+        )
+    out_channels = weight.shape[1] * groups
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"{op}: bias must have shape ({out_channels},), got shape {tuple(bias.shape)}")
+    if any(o >= s and o >= dil for o, s, dil in zip(output_padding, stride, dilation, strict=True)):
+        raise ValueError(
+            f"{op}: output_padding must be smaller than either stride or dilation, got "
+            f"output_padding={output_padding}, stride={stride}, dilation={dilation}"
+        )
+    size = input.shape[-d:]
+    out = [
+        (s - 1) * st - 2 * p + dil * (k - 1) + op_ + 1
+        for s, st, p, dil, k, op_ in zip(size, stride, padding, dilation, kernel, output_padding, strict=True)
+    ]
+    if any(o < 1 for o in out):
+        raise ValueError(
+            f"{op}: the output size {tuple(out)} is too small (input of shape {tuple(input.shape)})"
+        )
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+    _check_same_device_dtype(input, weight, bias)
+    return ConvTransposeFunction.apply(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions (torch.nn.functional's signatures)
+# --------------------------------------------------------------------------------------------
+
+_IntOrTuple = int | Sequence[int]
+
+
+def conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv1d`` with the explicit backward of :class:`ConvFunction`.
+
+    Shape: ``input (N, C_in, L)`` or ``(C_in, L)``, ``weight (C_out, C_in/groups, k)``.
+    """
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv2d`` with the explicit backward of :class:`ConvFunction`.
+
+    Shape: ``input (N, C_in, H, W)`` or ``(C_in, H, W)``, ``weight (C_out, C_in/groups, kH, kW)``.
+    """
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv3d`` with the explicit backward of :class:`ConvFunction`.
+
+    Shape: ``input (N, C_in, D, H, W)`` or ``(C_in, D, H, W)``, ``weight (C_out, C_in/groups, kD, kH, kW)``.
+    """
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple = 0,
+    output_padding: _IntOrTuple = 0,
+    groups: int = 1,
+    dilation: _IntOrTuple = 1,
+) -> Tensor:
+    """``F.conv_transpose1d`` with the explicit backward of :class:`ConvTransposeFunction`.
+
+    Shape: ``input (N, C_in, L)`` or ``(C_in, L)``, ``weight (C_in, C_out/groups, k)``.
+    """
+    return _conv_transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple = 0,
+    output_padding: _IntOrTuple = 0,
+    groups: int = 1,
+    dilation: _IntOrTuple = 1,
+) -> Tensor:
+    """``F.conv_transpose2d`` with the explicit backward of :class:`ConvTransposeFunction`.
+
+    Shape: ``input (N, C_in, H, W)`` or ``(C_in, H, W)``, ``weight (C_in, C_out/groups, kH, kW)``.
+    """
+    return _conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class _ConvForward:
+    """``_conv_forward`` of the drop-in conv modules (what ``torch.nn``'s ``forward`` calls)."""
+
+    _manual: Any
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        m: Any = self
+        if m.padding_mode != "zeros":
+            # as native: the mode's padding first, then the convolution without padding
+            padded = pad(input, m._reversed_padding_repeated_twice, m.padding_mode)
+            return type(self)._manual(padded, weight, bias, m.stride, 0, m.dilation, m.groups)
+        return type(self)._manual(input, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+class Conv1d(_ConvForward, nn.Conv1d):
+    """``torch.nn.Conv1d`` with the explicit backward of :func:`manual_bp.functional.conv1d`.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.Conv1d(2, 3, 3, padding="same", padding_mode="circular")
+    >>> layer(torch.randn(4, 2, 5)).grad_fn.name()
+    'ConvFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"
+    _manual = staticmethod(conv1d)
+
+
+class Conv2d(_ConvForward, nn.Conv2d):
+    """``torch.nn.Conv2d`` with the explicit backward of :func:`manual_bp.functional.conv2d`.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.Conv2d(3, 8, 3, stride=2, padding=1)
+    >>> layer(torch.randn(4, 3, 8, 8)).grad_fn.name()
+    'ConvFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"
+    _manual = staticmethod(conv2d)
+
+
+class Conv3d(_ConvForward, nn.Conv3d):
+    """``torch.nn.Conv3d`` with the explicit backward of :func:`manual_bp.functional.conv3d`.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.Conv3d(2, 4, 3, padding=1)
+    >>> layer(torch.randn(1, 2, 4, 4, 4)).grad_fn.name()
+    'ConvFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"
+    _manual = staticmethod(conv3d)
+
+
+class _ConvTransposeForward:
+    """``forward`` of the drop-in transposed conv modules (``torch.nn``'s, with the manual function)."""
+
+    _manual: Any
+    _dims: int
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        m: Any = self
+        if m.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        output_padding = m._output_padding(
+            input, output_size, m.stride, m.padding, m.kernel_size, self._dims, m.dilation
+        )
+        return type(self)._manual(
+            input, m.weight, m.bias, m.stride, m.padding, output_padding, m.groups, m.dilation
+        )
+
+
+class ConvTranspose1d(_ConvTransposeForward, nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d`` with the explicit backward of
+    :func:`manual_bp.functional.conv_transpose1d`.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.ConvTranspose1d(2, 3, 3, stride=2)
+    >>> layer(torch.randn(4, 2, 5)).grad_fn.name()
+    'ConvTransposeFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"
+    _manual = staticmethod(conv_transpose1d)
+    _dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeForward, nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` with the explicit backward of
+    :func:`manual_bp.functional.conv_transpose2d`.
+
+    >>> import torch, manual_bp
+    >>> layer = manual_bp.ConvTranspose2d(3, 2, 2, stride=2)
+    >>> layer(torch.randn(4, 3, 5, 5), output_size=[11, 11]).grad_fn.name()
+    'ConvTransposeFunctionBackward'
+    """
+
+    __module__ = "manual_bp.modules"
+    _manual = staticmethod(conv_transpose2d)
+    _dims = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Samples and the registry
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_samples(d: int) -> Any:
+    """Samples of ``conv{d}d``: every option, small enough for a full Jacobian (N=2 or 1, C_in 2..4)."""
+    size = {1: (5,), 2: (4, 4), 3: (3, 3, 3)}[d]
+    n = 1 if d == 3 else 2
+
+    def make(dtype: torch.dtype, device: torch.device) -> list[Sample]:
+        def t(*shape: int) -> Tensor:
+            return tensor(shape, dtype, device)
+
+        def k(k: int) -> tuple[int, ...]:
+            return (k,) * d
+
+        one = (1,) * d
+        out = [
+            Sample((t(n, 2, *size), t(3, 2, *k(2)), t(3)), {}, "bias"),
+            Sample(
+                (t(n, 2, *size), t(2, 2, *k(3)), None), {"stride": 2, "padding": 1}, "stride 2, padding 1"
+            ),
+            Sample(
+                (t(n, 2, *size), t(2, 2, *k(2)), t(2)),
+                {"dilation": 2, "padding": one},
+                "dilation 2, tuple padding",
+            ),
+            Sample((t(n, 4, *size), t(4, 2, *k(2)), t(4)), {"groups": 2}, "groups 2"),
+            Sample(
+                (t(n, 3, *size), t(3, 1, *k(2)), None),
+                {"groups": 3, "padding": "same"},
+                "depthwise, 'same' (even kernel)",
+            ),
+            Sample(
+                (t(n, 2, *size), t(2, 2, *k(3)), t(2)),
+                {"padding": "same", "dilation": 2 if d < 3 else 1},
+                "'same', dilation",
+            ),
+            Sample((t(n, 2, *size), t(2, 2, *k(3)), None), {"padding": "valid"}, "'valid', no bias"),
+            Sample((t(2, *size), t(3, 2, *k(2)), t(3)), {"stride": 1, "padding": 1}, "unbatched"),
+            Sample(
+                (noncontiguous((n, 2, *size), dtype, device), t(2, 2, *k(2)), t(2)),
+                {},
+                "non-contiguous input",
+            ),
+            Sample((t(0, 2, *size), t(2, 2, *k(2)), t(2)), {}, "empty batch"),
+        ]
+        if d == 2:
+            out.append(
+                Sample(
+                    (t(n, 2, 4, 5), t(2, 2, 2, 3), t(2)),
+                    {"stride": (1, 2), "padding": (1, 0), "dilation": (2, 1)},
+                    "per-dim stride, padding, dilation",
+                )
+            )
+        return out
+
+    return make
+
+
+def _conv_transpose_samples(d: int) -> Any:
+    """Samples of ``conv_transpose{d}d``: every option; outputs of at most ~60 elements."""
+    size = {1: (4,), 2: (3, 3)}[d]
+
+    def make(dtype: torch.dtype, device: torch.device) -> list[Sample]:
+        def t(*shape: int) -> Tensor:
+            return tensor(shape, dtype, device)
+
+        def k(k: int) -> tuple[int, ...]:
+            return (k,) * d
+
+        n = 2 if d == 1 else 1
+        out = [
+            Sample((t(n, 2, *size), t(2, 3, *k(2)), t(3)), {}, "bias"),
+            Sample(
+                (t(n, 2, *size), t(2, 1, *k(3)), None),
+                {"stride": 2, "padding": 1, "output_padding": 1},
+                "stride 2, padding 1, output_padding 1",
+            ),
+            Sample(
+                (t(n, 2, *size), t(2, 2, *k(2)), t(2)),
+                {"dilation": 2, "padding": (1,) * d},
+                "dilation 2, tuple padding",
+            ),
+            Sample((t(n, 4, *size), t(4, 1, *k(2)), t(2)), {"groups": 2}, "groups 2"),
+            Sample(
+                (t(n, 2, *size), t(2, 1, *k(2)), None),
+                {"groups": 2, "stride": 2},
+                "depthwise, stride 2, no bias",
+            ),
+            Sample((t(2, *size), t(2, 2, *k(2)), t(2)), {}, "unbatched"),
+            Sample(
+                (noncontiguous((n, 2, *size), dtype, device), t(2, 2, *k(2)), t(2)),
+                {},
+                "non-contiguous input",
+            ),
+        ]
+        if d == 2:
+            out.append(
+                Sample(
+                    (t(1, 2, 2, 3), t(2, 1, 2, 3), t(1)),
+                    {"stride": (2, 1), "padding": (0, 1), "output_padding": (1, 0), "dilation": (1, 2)},
+                    "per-dim stride, padding, output_padding, dilation",
+                )
+            )
+        return out
+
+    return make
+
+
+_CONV_FORMULA = (
+    r"BP2: $\delta_y = \mathrm{fold}(\delta W)$; BP3: $\partial c/\partial W = \sum_m \delta_m^\top "
+    r"\mathrm{patch}_m(y)$, $\partial c/\partial b = \sum_m \delta_m$"
+)
+_CONV_TRANSPOSE_FORMULA = (
+    r"BP2: $\delta_{y,m} = \mathrm{patch}_m(\delta) W^\top$; BP3: $\partial c/\partial W = \sum_m "
+    r"y_m^\top \mathrm{patch}_m(\delta)$, $\partial c/\partial b = \sum \delta$"
+)
+
+CONV_OPS: tuple[Op, ...] = (
+    *(
+        Op(
+            f"conv{d}d",
+            fn,
+            _CONV[d],
+            _conv_samples(d),
+            ConvFunction,
+            modules=((native, module),),
+            torch_functions=(_CONV[d], getattr(torch, f"conv{d}d")),
+            formula=_CONV_FORMULA,
+        )
+        for d, fn, native, module in (
+            (1, conv1d, nn.Conv1d, Conv1d),
+            (2, conv2d, nn.Conv2d, Conv2d),
+            (3, conv3d, nn.Conv3d, Conv3d),
+        )
+    ),
+    *(
+        Op(
+            f"conv_transpose{d}d",
+            fn,
+            _CONV_TRANSPOSE[d],
+            _conv_transpose_samples(d),
+            ConvTransposeFunction,
+            modules=((native, module),),
+            torch_functions=(_CONV_TRANSPOSE[d], getattr(torch, f"conv_transpose{d}d")),
+            formula=_CONV_TRANSPOSE_FORMULA,
+        )
+        for d, fn, native, module in (
+            (1, conv_transpose1d, nn.ConvTranspose1d, ConvTranspose1d),
+            (2, conv_transpose2d, nn.ConvTranspose2d, ConvTranspose2d),
+        )
+    ),
+)
