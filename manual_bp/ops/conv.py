@@ -2,26 +2,27 @@ r"""Convolution: ``conv1d/2d/3d``, ``conv_transpose1d/2d`` (and padding modes): 
 applied to patches. BP3 is δ against the input's patches, BP2 is ``δ W`` folded back.
 
 A convolution is the linear layer ``x' = y Wᵀ + b`` applied at every output position ``m`` to the
-patch of the input that the kernel covers there: ``x'_m = patch_m(y) Wᵀ + b``, with ``W`` flattened
-to ``(C_out, K·C_in)`` (``K`` kernel offsets). Its backward is the linear layer's, position by
-position:
+patch of the input that the kernel covers there: ``x'_m = patch_m(y) Wᵀ + b``, with ``W`` seen as
+``(C_out, K·C_in)`` (``K`` kernel offsets). Its backward is the linear layer's, position by position:
 
 * BP3: ``∂c/∂W = Σ_m δ_mᵀ patch_m(y)`` — δ against the input's patches (im2col);
-* BP2: ``∂c/∂y = fold(δ W)`` — each position's ``δ_m W`` is a patch of input gradient, and the
-  patches are added back where they came from (col2im);
+* BP2: ``∂c/∂y = fold(δ W)`` — each position's ``δ_m W`` is a patch of input gradient, added back
+  where the patch came from (col2im): kernel offset by kernel offset, ``δ W_k`` is added onto the
+  strided window of the (zero-padded) input that offset ``k`` reads;
 * ``∂c/∂b = Σ_m δ_m``.
 
-Both run on channels-last rows (``(N·P, C)``: one row per batch entry and position), for any number
-of spatial dims: :func:`_patch_index` lists, for every output position and kernel offset, the input
-row the kernel reads there (a zero row where it reads padding); :func:`_patches` gathers them
-(``index_select``) and :func:`_fold` adds them back (``index_add``). Groups are a leading batch dim of
-the matmuls (``einsum`` over ``g``). A transposed convolution is the same layer read backwards: its
-forward is a conv's BP2, so its BP2 is a convolution of δ's patches with ``W`` and its BP3 is the
-input against δ's patches — the same helpers with the roles of input and δ swapped.
+Everything runs channels-last (``(N, *S, C)``), for any number of spatial dims: the window of kernel
+offset ``k`` is the strided view ``[n, o, c] = padded[n, o·stride + k·dilation, c]`` of the
+zero-padded input (:meth:`_Reader.window`); BP3 stacks the windows into the patches (one copy), BP2
+adds each offset's share ``δ W_k`` into its window of a zero buffer and crops the padding. Groups are a
+batch dim of the matmuls (``einsum`` over ``g``). A transposed convolution is the same layer read
+backwards: its forward is a conv's BP2, so its BP2 is the convolution of δ's patches with ``W`` and
+its BP3 is the input against δ's patches: the same view and products with input and δ swapped.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -57,8 +58,64 @@ Pads = tuple[tuple[int, int], ...]  # (before, after) per spatial dim
 
 
 # --------------------------------------------------------------------------------------------
-# Patches (im2col) and fold (col2im) on channels-last rows
+# Patches (im2col) and fold (col2im), channels-last
 # --------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """How a convolution reads a tensor ``(N, C, *S)``: kernel, stride, dilation, the padding
+    ``before`` each dim, and the output size ``out``; ``after`` pads the end so that every window fits."""
+
+    def __init__(
+        self,
+        size: Sequence[int],
+        out: Sequence[int],
+        kernel: Sequence[int],
+        stride: Sequence[int],
+        before: Sequence[int],
+        dilation: Sequence[int],
+    ) -> None:
+        self.size, self.out, self.kernel = tuple(size), tuple(out), tuple(kernel)
+        self.stride, self.dilation = tuple(stride), tuple(dilation)
+        spans = [dil * (k - 1) + 1 for k, dil in zip(kernel, dilation, strict=True)]
+        self.pads: Pads = tuple(
+            (b, max(0, (o - 1) * s + span - b - n))
+            for n, o, s, b, span in zip(size, out, stride, before, spans, strict=True)
+        )
+
+    def pad(self, t: Tensor) -> Tensor:
+        """``(N, C, *S) -> (N, *S_padded, C)``, zeros in the padding (one copy)."""
+        return F.pad(t.movedim(1, -1), [0, 0, *_pad_arg(self.pads)])
+
+    def offsets(self) -> list[tuple[int, ...]]:
+        """Every kernel offset ``k``, row-major (the order of ``W``'s flattened kernel dims)."""
+        return list(itertools.product(*map(range, self.kernel)))
+
+    def window(self, padded: Tensor, offset: Sequence[int]) -> Tensor:
+        """What kernel offset ``k`` reads at every output position: the strided view ``(N, *O, C)``
+        of ``padded (N, *S_padded, C)`` with ``[n, o, c] = padded[n, o·stride + k·dilation, c]``."""
+        return padded[
+            (
+                slice(None),
+                *(
+                    slice(k * dil, k * dil + s * (o - 1) + 1, s)
+                    for k, dil, s, o in zip(offset, self.dilation, self.stride, self.out, strict=True)
+                ),
+            )
+        ]
+
+    def patches(self, t: Tensor) -> Tensor:
+        """im2col: ``(N, C, *S) -> (N·L, K, C)``, the patch of every output position (one copy)."""
+        padded = self.pad(t)
+        patches = torch.stack([self.window(padded, k) for k in self.offsets()], -2)  # (N, *O, K, C)
+        return patches.flatten(0, len(self.kernel))  # -> (N·L, K, C)
+
+    def crop(self, padded: Tensor) -> Tensor:
+        """``(N, *S_padded, C) -> (N, C, *S)``, contiguous: the padding dropped."""
+        inner = padded[
+            (slice(None), *(slice(b, b + n) for (b, _), n in zip(self.pads, self.size, strict=True)))
+        ]
+        return inner.movedim(-1, 1).contiguous()
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -66,76 +123,18 @@ def _rows(t: Tensor) -> Tensor:
     return t.movedim(1, -1).reshape(-1, t.shape[1])
 
 
-def _unrows(rows: Tensor, n: int, size: Sequence[int]) -> Tensor:
-    """``(N·P, C) -> (N, C, *S)``, contiguous: the inverse of :func:`_rows`."""
-    return rows.reshape(n, *size, rows.shape[-1]).movedim(-1, 1).contiguous()
-
-
-def _patch_index(
-    n: int,
-    in_size: Sequence[int],
-    out_size: Sequence[int],
-    kernel: Sequence[int],
-    stride: Sequence[int],
-    before: Sequence[int],
-    dilation: Sequence[int],
-    device: torch.device,
-) -> Tensor | None:
-    """For every batch entry, output position and kernel offset (row-major ``(N, L, K)``), the input
-    row (of :func:`_rows`, ``N·P`` rows) the kernel reads: ``n·P + Σ_d coord_d·stride_d`` with
-    ``coord_d = o_d·stride_d − before_d + k_d·dilation_d``, or ``N·P`` (a zero row) in the padding.
-
-    ``None`` where every patch is one input row in order (a 1x1 kernel, stride 1, no padding): the
-    convolution is then a plain matmul and needs no gather.
-    """
-    if all(k == 1 and s == 1 and b == 0 for k, s, b in zip(kernel, stride, before, strict=True)):
-        if tuple(in_size) == tuple(out_size):
-            return None
-    d = len(in_size)
-    flat = torch.zeros((), dtype=torch.long, device=device)
-    inside = torch.ones((), dtype=torch.bool, device=device)
-    for i in range(d):
-        o = torch.arange(out_size[i], device=device) * stride[i] - before[i]
-        coord = o[:, None] + torch.arange(kernel[i], device=device) * dilation[i]  # (O_i, K_i)
-        shape = [1] * (2 * d)
-        shape[i], shape[d + i] = out_size[i], kernel[i]
-        flat = flat * in_size[i] + coord.view(shape)  # (O_0..O_i, K_0..K_i) broadcast
-        inside = inside & ((coord >= 0) & (coord < in_size[i])).view(shape)
-    positions = math.prod(in_size)
-    per_image = flat.reshape(1, math.prod(out_size), -1)  # (1, L, K)
-    rows = per_image + (torch.arange(n, device=device) * positions).view(n, 1, 1)  # (N, L, K)
-    return torch.where(inside.reshape(per_image.shape), rows, n * positions).reshape(-1)  # (N·L·K,)
-
-
-def _patches(rows: Tensor, index: Tensor | None, kernel: int) -> Tensor:
-    """im2col: ``(N·P, C) -> (N·L, K, C)``, each output position's patch (zeros where it is padding)."""
-    if index is None:
-        return rows.unsqueeze(1)  # (N·P, 1, C)
-    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])  # (N·P + 1, C): the zero row last
-    return padded.index_select(0, index).view(-1, kernel, rows.shape[1])  # (N·L·K, C) -> (N·L, K, C)
-
-
-def _fold(cols: Tensor, index: Tensor | None, n_rows: int) -> Tensor:
-    """col2im: ``(N·L, K, C) -> (N·P, C)``, each patch entry added onto the input row it came from."""
-    if index is None:
-        return cols.squeeze(1)  # (N·P, 1, C) -> (N·P, C)
-    c = cols.shape[-1]
-    out = cols.new_zeros(n_rows + 1, c).index_add(0, index, cols.reshape(-1, c))  # (N·P + 1, C)
-    return out[:-1]  # the zero row collected the padding's share: dropped
-
-
-# The three products, each written once. ``g`` = group, ``m`` = output position (of the conv that
-# reads the patches), ``k`` = kernel offset; ``a``/``b`` = channels per group on the patch side and
-# on the other side.
+# The three products, each written once. ``g`` = group, ``m`` = output position of the convolution
+# that reads the patches, ``k`` = kernel offset; ``a``/``b`` = channels per group on the patch side
+# and on the other side.
 
 
 def _spread(values: Tensor, weight: Tensor) -> Tensor:
-    """``δ W`` per position: ``(M, G, b) x (G, b, K, a) -> (M, K, G, a)`` (a patch per position)."""
-    return torch.einsum("mgb,gbka->mkga", values, weight)
+    """``δ W_k`` at every position: ``(M, G, b) x (G, b, a) -> (M, G, a)`` (one kernel offset's share)."""
+    return torch.einsum("mgb,gba->mga", values, weight)
 
 
 def _gather(patches: Tensor, weight: Tensor) -> Tensor:
-    """``patch W`` per position: ``(M, K, G, a) x (G, b, K, a) -> (M, G, b)`` (a convolution)."""
+    """``patch W`` at every position: ``(M, K, G, a) x (G, b, K, a) -> (M, G, b)`` (a convolution)."""
     return torch.einsum("mkga,gbka->mgb", patches, weight)
 
 
@@ -144,8 +143,25 @@ def _outer(values: Tensor, patches: Tensor) -> Tensor:
     return torch.einsum("mgb,mkga->gbka", values, patches)
 
 
+def _fold(values: Tensor, weight: Tensor, reader: _Reader) -> Tensor:
+    """col2im of ``values W``: ``(M, G, b) x (G, b, K, a) -> (N, G·a, *S)``, each kernel offset's share
+    ``values W_k`` added onto the window of the zero-padded input that offset reads."""
+    grad = None
+    for k, offset in enumerate(reader.offsets()):
+        share = _spread(values, weight[:, :, k]).flatten(1)  # (M, G, b) x (G, b, a) -> (M, C)
+        if grad is None:  # (made from a share, so that it is batched under vmap when a share is)
+            n = values.shape[0] // math.prod(reader.out)
+            grad = share.new_zeros(n, *_padded(reader), share.shape[1])  # (N, *S_padded, C)
+        reader.window(grad, offset).add_(share.view(n, *reader.out, share.shape[1]))
+    return reader.crop(grad)  # type: ignore[arg-type]
+
+
+def _padded(reader: _Reader) -> tuple[int, ...]:
+    return tuple(n + b + a for n, (b, a) in zip(reader.size, reader.pads, strict=True))
+
+
 def _grouped(weight: Tensor, groups: int) -> Tensor:
-    """``(G·b, a, *K) -> (G, b, K, a)``: a weight as the matrices of :func:`_spread`, :func:`_gather`."""
+    """``(G·b, a, *K) -> (G, b, K, a)``: a weight as the matrices of the products above."""
     return weight.flatten(2).unflatten(0, (groups, -1)).transpose(2, 3)
 
 
@@ -166,7 +182,7 @@ def _batched(tensors: tuple[Tensor | None, ...], d: int) -> tuple[bool, list[Ten
 
 
 class ConvFunction(ManualFunction):
-    r"""An N-d convolution ``x' = patches(y) Wᵀ + b`` (cross-correlation, as in torch).
+    r"""An N-d convolution ``x'_m = patch_m(y) Wᵀ + b`` (cross-correlation, as in torch).
 
     .. math::
         \frac{\partial c}{\partial y} = \operatorname{fold}(\delta W), \quad
@@ -204,35 +220,28 @@ class ConvFunction(ManualFunction):
         input, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
         needs = ctx.needs_input_grad
-        d = len(stride)
-        unbatched, (grad_output, input) = _batched((grad_output, input), d)
-        shape = ctx.input_shape if not unbatched else (1, *ctx.input_shape)
-        n, in_size, out_size = shape[0], shape[2:], grad_output.shape[2:]
-        kernel = ctx.kernel
+        unbatched, (grad_output, input) = _batched((grad_output, input), len(stride))
+        size, out = ctx.input_shape[-len(stride) :], grad_output.shape[2:]
+        reader = _Reader(size, out, ctx.kernel, stride, [b for b, _ in padding], dilation)
         delta = _rows(grad_output).unflatten(1, (groups, -1))  # δ: (N, C_out, *O) -> (N·L, G, C_out/G)
         grad_input = grad_weight = grad_bias = None
-        if needs[0] or needs[1]:
-            index = _patch_index(
-                n, in_size, out_size, kernel, stride, [b for b, _ in padding], dilation, grad_output.device
-            )
         if needs[0]:
-            # BP2: ∂c/∂y = fold(δ W); (N·L, G, C_out/G) x (G, C_out/G, K, C_in/G) -> (N·L, K, G, C_in/G)
-            cols = _spread(delta, _grouped(weight, groups)).flatten(2)  # -> (N·L, K, C_in)
-            grad_input = _unrows(_fold(cols, index, n * math.prod(in_size)), n, in_size)  # -> (N, C_in, *S)
+            # BP2: ∂c/∂y = fold(δ W); (N·L, G, C_out/G) x (G, C_out/G, K, C_in/G) -> (N, C_in, *S)
+            grad_input = _fold(delta, _grouped(weight, groups), reader)
+            if unbatched:
+                grad_input = grad_input.squeeze(0)
         if needs[1]:
-            patches = _patches(_rows(input), index, math.prod(kernel))  # (N·L, K, C_in)
+            patches = reader.patches(input).unflatten(2, (groups, -1))  # (N·L, K, G, C_in/G)
             # BP3: ∂c/∂W = Σ_m δ_mᵀ patch_m(y);
             # (N·L, G, C_out/G) x (N·L, K, G, C_in/G) -> (G, C_out/G, K, C_in/G) -> (C_out, C_in/G, *K)
-            grad_weight = _ungrouped(_outer(delta, patches.unflatten(2, (groups, -1))), kernel)
+            grad_weight = _ungrouped(_outer(delta, patches), ctx.kernel)
         if ctx.has_bias and needs[2]:
             grad_bias = delta.sum(0).flatten()  # BP3: ∂c/∂b = Σ_m δ_m; (N·L, G, C_out/G) -> (C_out,)
-        if unbatched and grad_input is not None:
-            grad_input = grad_input.squeeze(0)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 class ConvTransposeFunction(ManualFunction):
-    r"""An N-d transposed convolution: the conv's BP2 as a layer, ``x' = fold(y W) + b``.
+    r"""An N-d transposed convolution: a conv's BP2 as a layer, ``x' = fold(y W) + b``.
 
     .. math::
         \frac{\partial c}{\partial y_m} = \operatorname{patch}_m(\delta) W^\top, \quad
@@ -268,29 +277,25 @@ class ConvTransposeFunction(ManualFunction):
         input, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
         needs = ctx.needs_input_grad
-        kernel = ctx.kernel
         unbatched, (grad_output, input) = _batched((grad_output, input), len(stride))
-        shape = ctx.input_shape if not unbatched else (1, *ctx.input_shape)
-        n, in_size = shape[0], shape[2:]
+        size = ctx.input_shape[-len(stride) :]
         grad_input = grad_weight = grad_bias = None
         if needs[0] or needs[1]:
-            # the conv that reads δ with this geometry has the layer's input size as its output size
-            index = _patch_index(
-                n, grad_output.shape[2:], in_size, kernel, stride, padding, dilation, grad_output.device
-            )
-            patches = _patches(_rows(grad_output), index, math.prod(kernel))  # δ: (N·L, K, C_out)
-            patches = patches.unflatten(2, (groups, -1))  # -> (N·L, K, G, C_out/G)
+            # the convolution that reads δ with this geometry has the layer's input size as output size
+            reader = _Reader(grad_output.shape[2:], size, ctx.kernel, stride, padding, dilation)
+            patches = reader.patches(grad_output).unflatten(2, (groups, -1))  # δ: (N·L, K, G, C_out/G)
         if needs[0]:
             # BP2: ∂c/∂y_m = patch_m(δ) Wᵀ; (N·L, K, G, C_out/G) x (G, C_in/G, K, C_out/G) -> (N·L, G, C_in/G)
             rows = _gather(patches, _grouped(weight, groups)).flatten(1)  # -> (N·L, C_in)
-            grad_input = _unrows(rows, n, in_size)  # -> (N, C_in, *S)
+            n = grad_output.shape[0]
+            grad_input = rows.view(n, *size, rows.shape[1]).movedim(-1, 1).contiguous()  # -> (N, C_in, *S)
             if unbatched:
                 grad_input = grad_input.squeeze(0)
         if needs[1]:
             values = _rows(input).unflatten(1, (groups, -1))  # y: (N, C_in, *S) -> (N·L, G, C_in/G)
             # BP3: ∂c/∂W = Σ_m y_mᵀ patch_m(δ);
-            # (N·L, G, C_in/G) x (N·L, K, G, C_out/G) -> (G, C_in/G, K, C_out/G)
-            grad_weight = _ungrouped(_outer(values, patches), kernel)  # -> (C_in, C_out/G, *K)
+            # (N·L, G, C_in/G) x (N·L, K, G, C_out/G) -> (G, C_in/G, K, C_out/G) -> (C_in, C_out/G, *K)
+            grad_weight = _ungrouped(_outer(values, patches), ctx.kernel)
         if ctx.has_bias and needs[2]:
             # BP3: ∂c/∂b = Σ δ over batch and positions; (N, C_out, *S') -> (C_out,)
             grad_bias = grad_output.sum([0, *range(2, grad_output.dim())])
