@@ -17,7 +17,7 @@ zero-padded input (:meth:`_Reader.window`); BP3 stacks the windows into the patc
 adds each offset's share ``δ W_k`` into its window of a zero buffer and crops the padding. Groups are a
 batch dim of the matmuls (``einsum`` over ``g``). A transposed convolution is the same layer read
 backwards: its forward is a conv's BP2, so its BP2 is the convolution of δ's patches with ``W`` and
-its BP3 is the input against δ's patches: the same view and products with input and δ swapped.
+its BP3 is the input against δ's patches: the same windows and products with input and δ swapped.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class _Reader:
             (b, max(0, (o - 1) * s + span - b - n))
             for n, o, s, b, span in zip(size, out, stride, before, spans, strict=True)
         )
+        self.padded_size = tuple(n + b + a for n, (b, a) in zip(size, self.pads, strict=True))
 
     def pad(self, t: Tensor) -> Tensor:
         """``(N, C, *S) -> (N, *S_padded, C)``, zeros in the padding (one copy)."""
@@ -151,13 +152,9 @@ def _fold(values: Tensor, weight: Tensor, reader: _Reader) -> Tensor:
         share = _spread(values, weight[:, :, k]).flatten(1)  # (M, G, b) x (G, b, a) -> (M, C)
         if grad is None:  # (made from a share, so that it is batched under vmap when a share is)
             n = values.shape[0] // math.prod(reader.out)
-            grad = share.new_zeros(n, *_padded(reader), share.shape[1])  # (N, *S_padded, C)
+            grad = share.new_zeros(n, *reader.padded_size, share.shape[1])  # (N, *S_padded, C)
         reader.window(grad, offset).add_(share.view(n, *reader.out, share.shape[1]))
     return reader.crop(grad)  # type: ignore[arg-type]
-
-
-def _padded(reader: _Reader) -> tuple[int, ...]:
-    return tuple(n + b + a for n, (b, a) in zip(reader.size, reader.pads, strict=True))
 
 
 def _grouped(weight: Tensor, groups: int) -> Tensor:
