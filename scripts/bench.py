@@ -449,6 +449,54 @@ def run_digits(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------------- cross-entropy
+CE_SIZES = ((64, 10), (1024, 1000))  # (batch, classes); the target: manual <= 1.1x native at each
+CE_LIMIT = 1.1
+
+
+def cross_entropy_bench(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Forward + backward of ``cross_entropy(logits, labels)`` (class indices, ``'mean'``): native
+    ``F.cross_entropy`` against ``manual_bp.functional.cross_entropy``, timed interleaved in this
+    process; the ratio is the median over repetitions of manual / native in the same repetition."""
+    from manual_bp import functional as MF
+
+    rows = []
+    for batch, classes in CE_SIZES:
+        torch.manual_seed(0)
+        x = torch.randn(batch, classes, device=args.device, dtype=dtype, requires_grad=True)
+        t = torch.randint(0, classes, (batch,), device=args.device)
+
+        def step(fn: Callable[..., torch.Tensor], x: torch.Tensor = x, t: torch.Tensor = t) -> None:
+            x.grad = None
+            fn(x, t).backward()
+
+        steps = {"native": lambda: step(F.cross_entropy), "manual": lambda: step(MF.cross_entropy)}
+        times = interleaved_times(steps, args.reps, args.device)
+        ratios = rep_ratios(times)["manual"]
+        rows.append(
+            {
+                "batch": batch,
+                "classes": classes,
+                "seconds": {k: statistics.median(v) for k, v in times.items()},
+                "ratio": statistics.median(ratios),
+                "rep_seconds": times,
+                "limit": CE_LIMIT,
+            }
+        )
+    return rows
+
+
+def print_cross_entropy(rows: list[dict[str, Any]]) -> None:
+    print("cross_entropy forward + backward (class indices, 'mean'), median over repetitions:")
+    for r in rows:
+        s, ok = r["seconds"], r["ratio"] <= r["limit"]
+        print(
+            f"  {r['batch']:>5} x {r['classes']:<5}: native {fmt_time(s['native'])}, manual "
+            f"{fmt_time(s['manual'])}, ratio {r['ratio']:.2f} (target <= {r['limit']:.2f}) "
+            f"{'ok' if ok else 'MISSED'}"
+        )
+
+
 # ----------------------------------------------------------------------------- reporting
 def fmt_time(s: float) -> str:
     return f"{s * 1e6:9.0f}us" if s < 0.01 else f"{s * 1e3:9.1f}ms"
@@ -498,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every configuration in this process (default: each in a fresh one)",
     )
+    parser.add_argument(
+        "--cross-entropy",
+        action="store_true",
+        help="only the cross-entropy forward + backward section (native vs manual, this process)",
+    )
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     # bf16 runs as autocast over float32 parameters (mixed precision), as users train with it.
@@ -516,6 +569,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__})")
+    if args.cross_entropy:
+        ce_rows = cross_entropy_bench(args, param_dtype)
+        print_cross_entropy(ce_rows)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as fh:
+                meta = {"torch": torch.__version__, "device": args.device, "dtype": args.dtype}
+                json.dump(
+                    {**meta, "threads": torch.get_num_threads(), "cross_entropy": ce_rows}, fh, indent=1
+                )
+            print(f"\nwrote {args.out}")
+        return 0
     if args.config:
         grid = [parse_config(parser, c) for c in args.config]
     elif args.quick:

@@ -155,11 +155,12 @@ def test_unknown_gelu_approximation() -> None:
     )
 
 
-def test_label_smoothing_is_refused() -> None:
+def test_label_smoothing_outside_0_1_is_refused() -> None:
+    """label_smoothing is supported (it used to be refused); outside [0, 1] it is refused, as in torch."""
+    match = r"label_smoothing must be between 0.0 and 1.0, got {}"
+    _raises(RuntimeError, match.format(1.5), lambda: MF.cross_entropy(X, LABELS, label_smoothing=1.5))
     _raises(
-        ValueError,
-        r"label_smoothing=0.0 only, got 0.1",
-        lambda: manual_bp.CrossEntropyLoss(label_smoothing=0.1),
+        RuntimeError, match.format(-0.1), lambda: manual_bp.CrossEntropyLoss(label_smoothing=-0.1)(X, LABELS)
     )
 
 

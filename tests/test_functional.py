@@ -198,7 +198,7 @@ def test_cross_entropy_indices_matches_native(
     target = _ce_index_target(batch, options.get("ignore_index"))
     weight = sample((C,), low=0.1, high=2.0) if options.get("weight") else None
     _compare(
-        lambda a: MF.cross_entropy(a, target, weight, ignore_index, reduction),
+        lambda a: MF.cross_entropy(a, target, weight, ignore_index=ignore_index, reduction=reduction),
         lambda a: F.cross_entropy(a, target, weight, ignore_index=ignore_index, reduction=reduction),
         [x],
         grad_layout=grad_layout,
@@ -211,7 +211,7 @@ def test_cross_entropy_ignored_target_equals_ignore_index_of_a_real_class() -> N
     x = sample((6, C), requires_grad=True)
     target = torch.tensor([0, 1, 1, 3, 2, 1])
     _compare(
-        lambda a: MF.cross_entropy(a, target, None, 1),
+        lambda a: MF.cross_entropy(a, target, None, ignore_index=1),
         lambda a: F.cross_entropy(a, target, ignore_index=1),
         [x],
     )
@@ -230,7 +230,7 @@ def test_cross_entropy_probabilities_matches_native(
     q = q.copy_(probs).requires_grad_()  # probabilities, laid out like x
     inputs = [x, q] + ([sample((C,), low=0.1, high=2.0, requires_grad=True)] if weighted else [])
     _compare(
-        lambda a, b, w=None: MF.cross_entropy(a, b, w, -100, reduction),
+        lambda a, b, w=None: MF.cross_entropy(a, b, w, reduction=reduction),
         lambda a, b, w=None: F.cross_entropy(a, b, w, reduction=reduction),
         inputs,
         grad_layout=layouts[1],
@@ -295,7 +295,11 @@ def test_gradcheck_cross_entropy_indices(batch: tuple[int, ...], options: dict, 
     ignore_index = options.get("ignore_index", -100)
     target = _ce_index_target(batch, options.get("ignore_index"))
     weight = sample((C,), dtype=F64, low=0.1, high=2.0) if options.get("weight") else None
-    _check(lambda a: MF.cross_entropy(a, target, weight, ignore_index, reduction), [x], slow=True)
+    _check(
+        lambda a: MF.cross_entropy(a, target, weight, ignore_index=ignore_index, reduction=reduction),
+        [x],
+        slow=True,
+    )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -308,9 +312,9 @@ def test_gradcheck_cross_entropy_probabilities(
     q = torch.softmax(sample((*batch, C), dtype=F64), -1).requires_grad_()
     if weighted:  # the class weights are differentiable here, as in torch
         w = sample((C,), dtype=F64, low=0.1, high=2.0, requires_grad=True)
-        _check(lambda a, b, c: MF.cross_entropy(a, b, c, -100, reduction), [x, q, w], slow=True)
+        _check(lambda a, b, c: MF.cross_entropy(a, b, c, reduction=reduction), [x, q, w], slow=True)
     else:
-        _check(lambda a, b: MF.cross_entropy(a, b, None, -100, reduction), [x, q], slow=True)
+        _check(lambda a, b: MF.cross_entropy(a, b, None, reduction=reduction), [x, q], slow=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,7 +364,7 @@ def test_cross_entropy_random_shapes(
     target = torch.tensor(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
     weight = sample((c,), low=0.1, high=2.0) if weighted else None
     _compare(
-        lambda a: MF.cross_entropy(a, target, weight, -100, reduction),
+        lambda a: MF.cross_entropy(a, target, weight, reduction=reduction),
         lambda a: F.cross_entropy(a, target, weight, reduction=reduction),
         [x],
     )
