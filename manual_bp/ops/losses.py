@@ -624,20 +624,21 @@ def kl_div(
 
 
 def _target_weights(
-    target: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype
+    target: Tensor, weight: Tensor | None, ignore_index: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(keep, safe, w_t)``, all target-shaped: whether each target counts (is not ``ignore_index``),
     the targets with ignored ones set to class 0 (a valid index), and each target's class weight
     ``w_{t_i}`` (1 without ``weight``), 0 where ignored."""
     keep = target != ignore_index
     safe = target * keep  # ignored -> class 0
-    w_t = keep.to(dtype) if weight is None else weight[safe] * keep
-    return keep, safe, w_t
+    return keep, safe, keep if weight is None else weight[safe] * keep  # (bool keep: 1 or 0)
 
 
-def _row_scale(grad_output: Tensor, reduction: str, count: Tensor | int) -> Tensor:
-    """``∂(reduced loss)/∂c_i`` per row (target-shaped for ``'none'``, else a scalar)."""
-    return grad_output / count if reduction == "mean" else grad_output
+def _mean_divisor(w_t: Tensor) -> Tensor:
+    """``Σ_i w_{t_i}``, the divisor of ``'mean'``, made 1 where it is 0 (every target ignored): the
+    rows' gradients are then 0, as native's (0/0 would make them NaN; the loss stays NaN)."""
+    total = w_t.sum()
+    return total.clamp_min(1) if w_t.dtype is torch.bool else torch.where(total == 0, 1, total)
 
 
 class NLLLossFunction(ManualFunction):
@@ -669,8 +670,11 @@ class NLLLossFunction(ManualFunction):
         grad_input = None
         if ctx.needs_input_grad[0]:
             cd = ctx.class_dim
-            _, safe, w_t = _target_weights(target, weight, ctx.ignore_index, grad_output.dtype)
-            r = _row_scale(grad_output, ctx.reduction, w_t.sum()) * w_t  # s_i w_{t_i}, target-shaped
+            _, safe, w_t = _target_weights(target, weight, ctx.ignore_index)
+            s = (
+                grad_output / _mean_divisor(w_t) if ctx.reduction == "mean" else grad_output
+            )  # ∂(reduced c)/∂c_i
+            r = s * w_t  # s_i w_{t_i}, target-shaped
             # BP1's first factor: ∂c/∂y = −s w_t at each target's class; target shape -> input shape
             zeros = grad_output.new_zeros(ctx.input_shape)
             grad_input = zeros.scatter(cd, safe.unsqueeze(cd), -r.unsqueeze(cd))
@@ -716,7 +720,7 @@ class CrossEntropyFunction(ManualFunction):
             return (total / per_row.numel() if reduction == "mean" else total), log_p
         loss = F.nll_loss(log_p, target, weight, ignore_index=ignore_index, reduction=reduction)
         if label_smoothing:  # (1 − ε) nll + (ε/C) Σ_k w_k (−log p_k), the same rows and normaliser
-            keep, _, w_t = _target_weights(target, weight, ignore_index, log_p.dtype)
+            keep, _, w_t = _target_weights(target, weight, ignore_index)
             w = 1 if weight is None else _class_view(weight, input.dim(), cd)
             smooth = -(log_p * w).sum(cd) * keep  # (N, C, ...) -> (N, ...)
             if reduction != "none":
@@ -743,7 +747,7 @@ class CrossEntropyFunction(ManualFunction):
         if grad_output is not None and target.is_floating_point():  # class probabilities
             a = _probability_coefficients(target, weight, eps, cd)
             rows = log_p.numel() // classes if classes else 0
-            s = _row_scale(grad_output, ctx.reduction, rows)
+            s = grad_output / rows if ctx.reduction == "mean" else grad_output  # ∂(reduced c)/∂c_i
             s = s.unsqueeze(cd) if ctx.reduction == "none" else s  # (N, ...) -> (N, 1, ...)
             if needs[0]:
                 p = log_p.exp()
@@ -759,8 +763,10 @@ class CrossEntropyFunction(ManualFunction):
                 rest = [d for d in range(log_p.dim()) if d != cd]
                 grad_weight = per_class.sum(rest) if rest else per_class  # (sum over [] sums all)
         elif grad_output is not None and needs[0]:  # class indices
-            keep, safe, w_t = _target_weights(target, weight, ctx.ignore_index, log_p.dtype)
-            s = _row_scale(grad_output, ctx.reduction, w_t.sum() if ctx.reduction == "mean" else 1)
+            keep, safe, w_t = _target_weights(target, weight, ctx.ignore_index)
+            s = (
+                grad_output / _mean_divisor(w_t) if ctx.reduction == "mean" else grad_output
+            )  # ∂(reduced c)/∂c_i
             r = (s * w_t).unsqueeze(cd)  # s_i w_{t_i}: (N, ...) -> (N, 1, ...)
             in_place = in_place_ok(grad_output)  # p is this backward's own: edit it in place
             p = log_p.exp()
