@@ -150,7 +150,7 @@ def half_squared_error(input: Tensor, target: Tensor, reduction: str = "mean") -
     return HalfSquaredErrorFunction.apply(input, target, reduction)
 
 
-def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     """``reduction`` as torch derives it from the deprecated ``size_average``/``reduce`` (with torch's
     warning), or ``reduction`` itself when both are ``None``."""
     if size_average is None and reduce is None:
@@ -448,7 +448,7 @@ def mse_loss(
     """Mean squared error ``(y − t)²`` with an explicit backward, ``torch.nn.functional.mse_loss``'s
     semantics: ``input`` and ``target`` broadcast (with torch's warning); ``weight`` of the input's
     shape multiplies each term and ``'mean'`` then divides by ``Σ weight``."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     return _difference("mse_loss", MSELossFunction, "mse", input, target, weight, reduction)
 
 
@@ -462,7 +462,7 @@ def l1_loss(
 ) -> Tensor:
     """Mean absolute error ``|y − t|`` with an explicit backward (``torch.nn.functional.l1_loss``'s
     semantics, as :func:`mse_loss`)."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     return _difference("l1_loss", L1LossFunction, "l1", input, target, weight, reduction)
 
 
@@ -476,7 +476,7 @@ def smooth_l1_loss(
 ) -> Tensor:
     """Smooth L1 loss (quadratic inside ``|y − t| < beta``) with an explicit backward;
     ``beta=0`` is the L1 loss, as in torch."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError(f"smooth_l1_loss does not support negative values for beta, got beta={beta}")
     if beta == 0.0:
@@ -514,7 +514,7 @@ def binary_cross_entropy(
     """Binary cross-entropy of probabilities ``input`` in ``[0, 1]`` with an explicit backward (each
     log clamped at −100, as in torch); ``target`` of the input's shape, ``weight`` broadcast to it
     (not differentiable, as in torch)."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     check_floating("input", input)
     check_floating("target", target)
     check_reduction(reduction)
@@ -550,7 +550,7 @@ def binary_cross_entropy_with_logits(
     """Binary cross-entropy of logits in the stable form ``(1 − t) z − (1 + (p_w − 1) t) log σ(z)``,
     with an explicit backward; ``target`` of the input's shape, ``weight`` and ``pos_weight`` (one per
     class, the last dim) broadcast to it and not differentiable, as in torch."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     check_floating("input", input)
     check_floating("target", target)
     check_reduction(reduction)
@@ -601,7 +601,7 @@ def kl_div(
     """KL divergence ``t (log t − y)`` of log-probabilities ``input`` from ``target`` (probabilities,
     or log-probabilities with ``log_target=True``), with an explicit backward; ``'batchmean'``
     divides by the batch size, ``'mean'`` by the number of elements (with torch's warning)."""
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     if reduction not in ("mean", "batchmean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'batchmean', 'sum' or 'none', got {reduction!r}")
     if reduction == "mean":
@@ -890,7 +890,7 @@ def nll_loss(
     (not differentiable). ``'mean'`` divides by the summed weights of the targets not ignored.
     Under autocast it runs in float32, as the native op does.
     """
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_classes("nll_loss", input)
     check_reduction(reduction)
     target = _check_indices("nll_loss", input, target, ignore_index)
@@ -946,7 +946,7 @@ def cross_entropy(
         except IndexError:
             _check_range(input, target, ignore_index)
             raise
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_classes("cross_entropy", input)
     check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
