@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -250,7 +251,8 @@ class PointwiseLossFunction(ManualFunction):
     .. math::
         \frac{\partial c}{\partial y} = s\, w \odot \frac{\partial \ell}{\partial y}, \quad
         \frac{\partial c}{\partial t} = s\, w \odot \frac{\partial \ell}{\partial t}, \quad
-        \frac{\partial c}{\partial w} = s\, (\ell - c \,[\text{mean over } w])
+        \frac{\partial c}{\partial w} = s\, \ell
+        \quad (s\, (\ell - c) \text{ for the weighted mean } c = Σ wℓ / Σ w)
 
     ``reduction`` here also takes ``'batchmean'`` (divide by ``y.shape[0]``) and ``'weighted_mean'``
     (divide by ``Σw``, ``mse_loss``'s and ``l1_loss``'s weighted mean). ``pos_weight`` is
@@ -1194,9 +1196,16 @@ def _difference_pair(
     return x, _leaf(x - tensor(t_shape, dtype, device, kinks))
 
 
-def _difference_samples(kinks: list[float], weighted: bool, legacy: bool, option: dict[str, float]) -> Any:
+def _difference_samples(
+    kinks: list[float],
+    weighted: Callable[[str], tuple[Any, ...]] | None,
+    legacy: bool,
+    option: dict[str, float],
+) -> Any:
     """Samples of a loss of ``d = y − t``: each reduction, unbatched, empty, non-contiguous,
-    broadcasting either side, an elementwise weight, the op's parameter, the legacy arguments."""
+    broadcasting either side, an elementwise weight (passed by position, so that the checks
+    differentiate it: ``weighted(reduction)`` gives the arguments between target and weight), the
+    op's parameter, the legacy arguments."""
 
     def make(dtype: torch.dtype, device: torch.device) -> list[Sample]:
         def pair(x: tuple[int, ...], t: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -1220,8 +1229,8 @@ def _difference_samples(kinks: list[float], weighted: bool, legacy: bool, option
         if weighted:
             w = make_tensor((4, 3), dtype=dtype, device=device, low=0.5, high=2.0, requires_grad=True)
             out += [
-                Sample(pair((4, 3), (4, 3)), {"reduction": "mean", "weight": w}, "mean, weight"),
-                Sample(pair((4, 3), (4, 3)), {"reduction": "none", "weight": w}, "none, weight"),
+                Sample((*pair((4, 3), (4, 3)), *weighted(red), w), {}, f"{red}, weight")
+                for red in ("mean", "none")
             ]
         if legacy:
             out.append(Sample(pair((4, 3), (4, 3)), {"size_average": False}, "size_average=False (sum)"))
@@ -1364,7 +1373,7 @@ def _ce_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
             {"label_smoothing": 0.1, "reduction": "none"},
             "none, (N, C, d), ignore_index, label_smoothing",
         ),
-        Sample((x(5, 4), probs(5, 4)), {"weight": weight(grad=True)}, "mean, probabilities, weight"),
+        Sample((x(5, 4), probs(5, 4), weight(grad=True)), {}, "mean, probabilities, weight"),
         Sample(
             (x(5, 4), probs(5, 4)),
             {"label_smoothing": 0.3, "reduction": "sum"},
@@ -1375,7 +1384,7 @@ def _ce_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
             {"weight": weight(), "label_smoothing": 0.1, "reduction": "none"},
             "none, (N, C, d), probabilities, weight, label_smoothing",
         ),
-        Sample((x(4), probs(4)), {"weight": weight(grad=True)}, "mean, probabilities, weight, no batch dim"),
+        Sample((x(4), probs(4), weight(grad=True)), {}, "mean, probabilities, weight, no batch dim"),
     ]
 
 
@@ -1394,7 +1403,7 @@ LOSS_OPS: tuple[Op, ...] = (
         "mse_loss",
         mse_loss,
         F.mse_loss,
-        _difference_samples([], weighted=True, legacy=True, option={}),
+        _difference_samples([], weighted=lambda red: (None, None, red), legacy=True, option={}),
         MSELossFunction,
         modules=((nn.MSELoss, MSELoss),),
         torch_functions=(F.mse_loss,),
@@ -1405,7 +1414,7 @@ LOSS_OPS: tuple[Op, ...] = (
         "l1_loss",
         l1_loss,
         F.l1_loss,
-        _difference_samples([0.0], weighted=True, legacy=True, option={}),
+        _difference_samples([0.0], weighted=lambda red: (None, None, red), legacy=True, option={}),
         L1LossFunction,
         modules=((nn.L1Loss, L1Loss),),
         torch_functions=(F.l1_loss,),
@@ -1416,7 +1425,7 @@ LOSS_OPS: tuple[Op, ...] = (
         "smooth_l1_loss",
         smooth_l1_loss,
         F.smooth_l1_loss,
-        _difference_samples([-1.0, 1.0, -0.5, 0.5], weighted=False, legacy=True, option={"beta": 0.5}),
+        _difference_samples([-1.0, 1.0, -0.5, 0.5], weighted=None, legacy=True, option={"beta": 0.5}),
         SmoothL1LossFunction,
         modules=((nn.SmoothL1Loss, SmoothL1Loss),),
         torch_functions=(F.smooth_l1_loss,),
@@ -1427,7 +1436,9 @@ LOSS_OPS: tuple[Op, ...] = (
         "huber_loss",
         huber_loss,
         F.huber_loss,
-        _difference_samples([-1.0, 1.0, -0.5, 0.5], weighted=True, legacy=False, option={"delta": 0.5}),
+        _difference_samples(
+            [-1.0, 1.0, -0.5, 0.5], weighted=lambda red: (red, 1.0), legacy=False, option={"delta": 0.5}
+        ),
         HuberLossFunction,
         modules=((nn.HuberLoss, HuberLoss),),
         torch_functions=(F.huber_loss,),
