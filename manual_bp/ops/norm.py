@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.testing import make_tensor
 
-from manual_bp._function import ManualFunction, check_floating
+from manual_bp._function import ManualFunction, check_floating, in_place_ok
 from manual_bp._torch_private import autocast_on
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
 from manual_bp.ops.elementwise import to_float32
@@ -71,26 +71,42 @@ def _moments(
     return mean, torch.rsqrt(var + eps)
 
 
-def _bp2(g: Tensor, scale: Tensor, xhat: Tensor, g_mean: Tensor | None, gxhat_mean: Tensor) -> Tensor:
+def _normalized(x: Tensor, mean: Tensor | None, rstd: Tensor) -> Tensor:
+    """``x̂ = (x − μ)/σ``, as ``x/σ − μ/σ`` in one pass over ``x`` (``x/rms`` without ``μ``)."""
+    return x * rstd if mean is None else torch.addcmul(-mean * rstd, x, rstd)
+
+
+def _bp2(
+    g: Tensor, scale: Tensor, xhat: Tensor, g_mean: Tensor | None, gxhat_mean: Tensor, owned: bool
+) -> Tensor:
     """BP2 of every normalisation: ``∂c/∂x = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ``.
 
-    ``g/σ`` comes as the product ``g ⊙ scale`` (formed once, in the last op), ``g_mean`` and
+    ``g/σ`` comes as the product ``g ⊙ scale`` (formed in the last op), ``g_mean`` and
     ``gxhat_mean`` are ``mean(g)/σ`` and ``mean(g ⊙ x̂)/σ`` in the statistics' shape (``g_mean`` is
-    ``None`` for RMS norm, which does not centre).
+    ``None`` for RMS norm, which does not centre). ``owned``: no graph is recorded and ``x̂`` is the
+    caller's temporary, so the result is written over it (a full-size tensor fewer to allocate,
+    which is most of the cost on CPU at ResNet/ViT sizes).
     """
+    if owned:
+        grad = xhat.mul_(-gxhat_mean)  # −x̂ ⊙ mean(g ⊙ x̂)/σ
+        if g_mean is not None:
+            grad.sub_(g_mean)  # − mean(g)/σ
+        return grad.addcmul_(g, scale)  # + g/σ
     if g_mean is None:
-        shift = xhat * -gxhat_mean  # −x̂ ⊙ mean(g ⊙ x̂)/σ
+        shift = xhat * -gxhat_mean
     else:
-        shift = torch.addcmul(-g_mean, xhat, -gxhat_mean)  # −(mean(g) + x̂ ⊙ mean(g ⊙ x̂))/σ
-    return torch.addcmul(shift, g, scale)  # + g/σ
+        shift = torch.addcmul(-g_mean, xhat, -gxhat_mean)
+    return torch.addcmul(shift, g, scale)
 
 
-def _feature_bp2(g: Tensor, xhat: Tensor, rstd: Tensor, dims: Sequence[int], centred: bool = True) -> Tensor:
+def _feature_bp2(
+    g: Tensor, xhat: Tensor, rstd: Tensor, dims: Sequence[int], owned: bool, centred: bool = True
+) -> Tensor:
     """BP2 where ``γ`` varies over the normalised axes (layer, group, RMS norm): ``g = δ ⊙ γ`` is
     formed and its means are taken over ``dims``."""
     gxhat_mean = (g * xhat).mean(dims, keepdim=True) * rstd  # mean(g ⊙ x̂)/σ; full -> stats shape
     g_mean = g.mean(dims, keepdim=True) * rstd if centred else None  # mean(g)/σ
-    return _bp2(g, rstd, xhat, g_mean, gxhat_mean)
+    return _bp2(g, rstd, xhat, g_mean, gxhat_mean, owned)
 
 
 def _cast_grads(
@@ -125,7 +141,7 @@ def _channel_backward(
         mean, rstd = _moments(x, dims, ctx.eps)
     else:
         mean, rstd = _opmath(mean).reshape(stats_shape), _opmath(rstd).reshape(stats_shape)
-    xhat = (x - mean) * rstd
+    xhat = _normalized(x, mean, rstd)
     grad_input = grad_weight = grad_bias = None
     if needs[0] or needs[1] or needs[2]:
         delta_sum = delta.sum(dims, keepdim=True)  # Σδ; (N, C, S) -> stats shape
@@ -139,7 +155,8 @@ def _channel_backward(
             if ctx.batch_stats:
                 count = math.prod(x.shape[d] for d in dims)  # M, the values behind one statistic
                 # BP2 with g = δ ⊙ γ: mean(g)/σ = (γ/σ) Σδ/M, mean(g ⊙ x̂)/σ = (γ/σ) Σ δ ⊙ x̂ / M
-                grad_input = _bp2(delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count)
+                owned = in_place_ok(grad_output)
+                grad_input = _bp2(delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, owned)
             else:
                 grad_input = delta * k  # BP2 (eval): g/σ, the running statistics are constants
             grad_input = grad_input.reshape(input.shape)  # (N, C, S) -> (N, C, *)
@@ -248,9 +265,49 @@ class InstanceNormFunction(ManualFunction):
 # --- layer, group and RMS norm: γ varies over the normalised axes --------------------------------
 
 
-def _sum_leading(t: Tensor, lead: int) -> Tensor:
-    """``t`` summed over its first ``lead`` axes (BP3 over the samples; none for an unbatched input)."""
-    return t.sum(tuple(range(lead))) if lead else t
+def _trailing_backward(
+    ctx: Any,
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor | None,
+    mean: Tensor | None,
+    rstd: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Layer norm's and RMS norm's (``mean`` ``None``: no centring) backward over the ``(R, D)``
+    view of the input, the ``D`` normalised values of each of ``R`` rows.
+
+    ``g = δ ⊙ γ`` with ``γ`` along the rows, so ``mean(g) = δ γ / D`` and ``mean(g ⊙ x̂) = (δ ⊙ x̂) γ / D``
+    are matrix-vector products, the second reusing BP3's ``δ ⊙ x̂``.
+    """
+    centred = mean is not None
+    d = math.prod(input.shape[ctx.lead :])
+    x = _opmath(input).reshape(-1, d)  # (*, *normalized_shape) -> (R, D)
+    delta = _opmath(grad_output).reshape(-1, d)
+    if torch.is_grad_enabled():  # double backward: μ, 1/σ as functions of x
+        mean, rstd = _moments(x, (1,), ctx.eps, centred)
+    else:
+        mean = _opmath(mean).reshape(-1, 1) if mean is not None else None
+        rstd = _opmath(rstd).reshape(-1, 1)
+    xhat = _normalized(x, mean, rstd)
+    delta_xhat = delta * xhat  # δ ⊙ x̂
+    grad_input = grad_weight = grad_bias = None
+    if needs[1]:
+        grad_weight = delta_xhat.sum(0).reshape(weight.shape)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; (R, D) -> γ's shape
+    if needs[2]:
+        grad_bias = delta.sum(0).reshape(weight.shape)  # BP3: ∂c/∂β = Σ δ; (R, D) -> β's shape
+    if needs[0]:
+        if weight is None:
+            g, g_mean, gxhat_mean = delta, delta.mean(1, keepdim=True), delta_xhat.mean(1, keepdim=True)
+        else:
+            w = _opmath(weight).reshape(d)
+            g = delta * w  # g = δ ⊙ γ
+            g_mean = (delta @ w).unsqueeze(1) / d  # mean(g); (R, D) @ (D,) -> (R, 1)
+            gxhat_mean = (delta_xhat @ w).unsqueeze(1) / d  # mean(g ⊙ x̂); (R, D) @ (D,) -> (R, 1)
+        g_mean = g_mean * rstd if centred else None
+        owned = in_place_ok(grad_output)
+        grad_input = _bp2(g, rstd, xhat, g_mean, gxhat_mean * rstd, owned).reshape(input.shape)  # BP2
+    return _cast_grads((grad_input, grad_weight, grad_bias), (input, weight, weight))  # type: ignore[return-value]
 
 
 class LayerNormFunction(ManualFunction):
@@ -287,25 +344,10 @@ class LayerNormFunction(ManualFunction):
     def backward(ctx: Any, grad_output: Tensor, _mean: Any, _rstd: Any) -> tuple[Tensor | None, ...]:
         input, weight, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        x, delta = _opmath(input), _opmath(grad_output)
-        dims = tuple(range(ctx.lead, x.dim()))  # the normalised axes
-        if torch.is_grad_enabled():  # double backward: μ, 1/σ as functions of x
-            mean, rstd = _moments(x, dims, ctx.eps)
-        else:
-            mean, rstd = _opmath(mean), _opmath(rstd)
-        xhat = (x - mean) * rstd
-        grad_input = grad_weight = grad_bias = None
-        if needs[0]:
-            g = delta * _opmath(weight) if weight is not None else delta  # g = δ ⊙ γ
-            grad_input = _feature_bp2(g, xhat, rstd, dims)  # BP2
-        if needs[2]:
-            grad_weight = _sum_leading(delta * xhat, ctx.lead)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; -> normalized_shape
-        if needs[3]:
-            grad_bias = _sum_leading(delta, ctx.lead)  # BP3: ∂c/∂β = Σ δ; -> normalized_shape
-        grad_input, grad_weight, grad_bias = _cast_grads(
-            (grad_input, grad_weight, grad_bias), (input, weight, weight)
+        grads = _trailing_backward(
+            ctx, grad_output, input, weight, mean, rstd, (needs[0], needs[2], needs[3])
         )
-        return grad_input, None, grad_weight, grad_bias, None
+        return grads[0], None, grads[1], grads[2], None
 
 
 class GroupNormFunction(ManualFunction):
@@ -344,16 +386,19 @@ class GroupNormFunction(ManualFunction):
             mean, rstd = _moments(x, (2,), ctx.eps)
         else:
             mean, rstd = _opmath(mean).reshape(n, groups, 1), _opmath(rstd).reshape(n, groups, 1)
-        xhat = (x - mean) * rstd
+        xhat = _normalized(x, mean, rstd)
         grad_input = grad_weight = grad_bias = None
-        if needs[0]:
-            g = delta * _opmath(weight).reshape(1, c, 1) if weight is not None else delta  # g = δ ⊙ γ
-            grad_input = _feature_bp2(g.reshape(n, groups, -1), xhat, rstd, (2,)).reshape(input.shape)  # BP2
         if needs[2]:
             # BP3: ∂c/∂γ = Σ δ ⊙ x̂ over (N, S); (N, C, S) -> (C,)
             grad_weight = (delta * xhat.reshape(n, c, -1)).sum((0, 2))
         if needs[3]:
             grad_bias = delta.sum((0, 2))  # BP3: ∂c/∂β = Σ δ; (N, C, S) -> (C,)
+        if needs[0]:
+            g = delta * _opmath(weight).reshape(1, c, 1) if weight is not None else delta  # g = δ ⊙ γ
+            g = g.reshape(n, groups, -1)  # (N, C, S) -> (N, G, C/G·S)
+            grad_input = _feature_bp2(g, xhat, rstd, (2,), in_place_ok(grad_output)).reshape(
+                input.shape
+            )  # BP2
         grad_input, grad_weight, grad_bias = _cast_grads(
             (grad_input, grad_weight, grad_bias), (input, weight, weight)
         )
@@ -394,19 +439,8 @@ class RMSNormFunction(ManualFunction):
     def backward(ctx: Any, grad_output: Tensor, _rstd: Any) -> tuple[Tensor | None, ...]:
         input, weight, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        x, delta = _opmath(input), _opmath(grad_output)
-        dims = tuple(range(ctx.lead, x.dim()))  # the normalised axes
-        if torch.is_grad_enabled():  # double backward: 1/rms as a function of x
-            _, rstd = _moments(x, dims, ctx.eps, centred=False)
-        xhat = x * rstd
-        grad_input = grad_weight = None
-        if needs[0]:
-            g = delta * _opmath(weight) if weight is not None else delta  # g = δ ⊙ γ
-            grad_input = _feature_bp2(g, xhat, rstd, dims, centred=False)  # BP2
-        if needs[2]:
-            grad_weight = _sum_leading(delta * xhat, ctx.lead)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; -> normalized_shape
-        grad_input, grad_weight = _cast_grads((grad_input, grad_weight), (input, weight))
-        return grad_input, None, grad_weight, None
+        grads = _trailing_backward(ctx, grad_output, input, weight, None, rstd, (needs[0], needs[2], False))
+        return grads[0], None, grads[1], None
 
 
 # --- argument checks shared by the family ---------------------------------------------------------
