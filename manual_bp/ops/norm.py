@@ -114,8 +114,10 @@ def _cast_grads(
 ) -> tuple[Tensor | None, ...]:
     """Each gradient in its input's dtype (the backward computes half inputs in float32)."""
     return tuple(
-        g.to(r.dtype) if g is not None and r is not None and g.dtype != r.dtype else g
-        for g, r in zip(grads, refs, strict=True)
+        [
+            g.to(r.dtype) if g is not None and r is not None and g.dtype != r.dtype else g
+            for g, r in zip(grads, refs, strict=True)
+        ]
     )
 
 
@@ -153,7 +155,7 @@ def _channel_backward(
         if needs[0]:
             k = rstd if weight is None else _opmath(weight).reshape(1, c, 1) * rstd  # γ/σ per channel
             if ctx.batch_stats:
-                count = math.prod(x.shape[d] for d in dims)  # M, the values behind one statistic
+                count = x.numel() // delta_sum.numel()  # M, the values behind one statistic
                 # BP2 with g = δ ⊙ γ: mean(g)/σ = (γ/σ) Σδ/M, mean(g ⊙ x̂)/σ = (γ/σ) Σ δ ⊙ x̂ / M
                 owned = in_place_ok(grad_output)
                 grad_input = _bp2(delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, owned)
@@ -232,9 +234,9 @@ class InstanceNormFunction(ManualFunction):
     ) -> tuple[Tensor, Tensor, Tensor]:
         # FF as native computes it: batch norm of the (1, N·C, *) view, parameters repeated per sample
         n, c = input.shape[:2]
-        rm, rv, w, b = (
+        rm, rv, w, b = [
             t.repeat(n) if t is not None else None for t in (running_mean, running_var, weight, bias)
-        )
+        ]
         output, mean, rstd = torch.native_batch_norm(
             input.reshape(1, n * c, *input.shape[2:]), w, b, rm, rv, use_input_stats, momentum, eps
         )
@@ -768,9 +770,7 @@ class InstanceNorm1d(nn.InstanceNorm1d):
     backward of :func:`manual_bp.functional.instance_norm`.
 
     >>> import torch, manual_bp
-    >>> manual_bp.InstanceNorm1d(3)(torch.randn(2, 3, 5)).grad_fn.name()
-    'ViewBackward0'
-    >>> manual_bp.InstanceNorm1d(3)(torch.randn(2, 3, 5)).grad_fn.next_functions[0][0].name()
+    >>> manual_bp.InstanceNorm1d(3)(torch.randn(2, 3, 5, requires_grad=True)).grad_fn.name()
     'InstanceNormFunctionBackward'
     """
 
@@ -783,8 +783,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     explicit backward of :func:`manual_bp.functional.instance_norm`.
 
     >>> import torch, manual_bp
-    >>> y = manual_bp.InstanceNorm2d(3, affine=True)(torch.randn(2, 3, 4, 4))
-    >>> y.grad_fn.next_functions[0][0].name()
+    >>> manual_bp.InstanceNorm2d(3, affine=True)(torch.randn(2, 3, 4, 4)).grad_fn.name()
     'InstanceNormFunctionBackward'
     """
 
@@ -797,8 +796,7 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     explicit backward of :func:`manual_bp.functional.instance_norm`.
 
     >>> import torch, manual_bp
-    >>> y = manual_bp.InstanceNorm3d(3, affine=True)(torch.randn(2, 3, 2, 2, 2))
-    >>> y.grad_fn.next_functions[0][0].name()
+    >>> manual_bp.InstanceNorm3d(3, affine=True)(torch.randn(2, 3, 2, 2, 2)).grad_fn.name()
     'InstanceNormFunctionBackward'
     """
 
