@@ -77,36 +77,36 @@ def _normalized(x: Tensor, mean: Tensor | None, rstd: Tensor) -> Tensor:
 
 
 def _bp2(
-    g: Tensor, scale: Tensor, xhat: Tensor, g_mean: Tensor | None, gxhat_mean: Tensor, owned: bool
+    delta: Tensor,
+    gamma: Tensor | None,
+    xhat: Tensor,
+    g_mean: Tensor | None,
+    gxhat_mean: Tensor,
+    rstd: Tensor | None,
+    owned: bool,
 ) -> Tensor:
-    """BP2 of every normalisation: ``∂c/∂x = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ``.
+    """BP2 of every normalisation: ``∂c/∂x = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ``, ``g = δ ⊙ γ``.
 
-    ``g/σ`` comes as the product ``g ⊙ scale`` (formed in the last op), ``g_mean`` and
-    ``gxhat_mean`` are ``mean(g)/σ`` and ``mean(g ⊙ x̂)/σ`` in the statistics' shape (``g_mean`` is
-    ``None`` for RMS norm, which does not centre). ``owned``: no graph is recorded and ``x̂`` is the
-    caller's temporary, so the result is written over it (a full-size tensor fewer to allocate,
-    which is most of the cost on CPU at ResNet/ViT sizes).
+    ``g`` is never formed: ``δ ⊙ γ`` is added in one op (``γ`` ``None``: ``g = δ``). ``g_mean`` and
+    ``gxhat_mean`` are ``mean(g)`` and ``mean(g ⊙ x̂)`` in the statistics' shape (``g_mean`` is
+    ``None`` for RMS norm, which does not centre). ``rstd`` is ``1/σ``, or ``None`` where the
+    caller folded it into ``γ`` and the means (one ``γ/σ`` per channel for batch and instance
+    norm). ``owned``: no graph is recorded and ``x̂`` is the caller's temporary, so the result is
+    written over it: a full-size tensor fewer to allocate, which is most of the cost on CPU at
+    ResNet/ViT sizes (a fresh tensor's first touch costs several in-place passes).
     """
     if owned:
-        grad = xhat.mul_(-gxhat_mean)  # −x̂ ⊙ mean(g ⊙ x̂)/σ
+        grad = xhat.mul_(-gxhat_mean)  # −x̂ ⊙ mean(g ⊙ x̂)
         if g_mean is not None:
-            grad.sub_(g_mean)  # − mean(g)/σ
-        return grad.addcmul_(g, scale)  # + g/σ
+            grad.sub_(g_mean)  # − mean(g)
+        grad = grad.addcmul_(delta, gamma) if gamma is not None else grad.add_(delta)  # + g
+        return grad.mul_(rstd) if rstd is not None else grad  # / σ
     if g_mean is None:
         shift = xhat * -gxhat_mean
     else:
         shift = torch.addcmul(-g_mean, xhat, -gxhat_mean)
-    return torch.addcmul(shift, g, scale)
-
-
-def _feature_bp2(
-    g: Tensor, xhat: Tensor, rstd: Tensor, dims: Sequence[int], owned: bool, centred: bool = True
-) -> Tensor:
-    """BP2 where ``γ`` varies over the normalised axes (layer, group, RMS norm): ``g = δ ⊙ γ`` is
-    formed and its means are taken over ``dims``."""
-    gxhat_mean = (g * xhat).mean(dims, keepdim=True) * rstd  # mean(g ⊙ x̂)/σ; full -> stats shape
-    g_mean = g.mean(dims, keepdim=True) * rstd if centred else None  # mean(g)/σ
-    return _bp2(g, rstd, xhat, g_mean, gxhat_mean, owned)
+    grad = torch.addcmul(shift, delta, gamma) if gamma is not None else shift + delta
+    return grad * rstd if rstd is not None else grad
 
 
 def _cast_grads(
@@ -158,7 +158,9 @@ def _channel_backward(
                 count = x.numel() // delta_sum.numel()  # M, the values behind one statistic
                 # BP2 with g = δ ⊙ γ: mean(g)/σ = (γ/σ) Σδ/M, mean(g ⊙ x̂)/σ = (γ/σ) Σ δ ⊙ x̂ / M
                 owned = in_place_ok(grad_output)
-                grad_input = _bp2(delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, owned)
+                grad_input = _bp2(
+                    delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, None, owned
+                )
             else:
                 grad_input = delta * k  # BP2 (eval): g/σ, the running statistics are constants
             grad_input = grad_input.reshape(input.shape)  # (N, C, S) -> (N, C, *)
@@ -299,16 +301,15 @@ def _trailing_backward(
     if needs[2]:
         grad_bias = delta.sum(0).reshape(weight.shape)  # BP3: ∂c/∂β = Σ δ; (R, D) -> β's shape
     if needs[0]:
-        if weight is None:
-            g, g_mean, gxhat_mean = delta, delta.mean(1, keepdim=True), delta_xhat.mean(1, keepdim=True)
+        w = _opmath(weight).reshape(d) if weight is not None else None
+        if w is None:
+            g_mean, gxhat_mean = delta.mean(1, keepdim=True), delta_xhat.mean(1, keepdim=True)
         else:
-            w = _opmath(weight).reshape(d)
-            g = delta * w  # g = δ ⊙ γ
             g_mean = (delta @ w).unsqueeze(1) / d  # mean(g); (R, D) @ (D,) -> (R, 1)
             gxhat_mean = (delta_xhat @ w).unsqueeze(1) / d  # mean(g ⊙ x̂); (R, D) @ (D,) -> (R, 1)
-        g_mean = g_mean * rstd if centred else None
         owned = in_place_ok(grad_output)
-        grad_input = _bp2(g, rstd, xhat, g_mean, gxhat_mean * rstd, owned).reshape(input.shape)  # BP2
+        grad_input = _bp2(delta, w, xhat, g_mean if centred else None, gxhat_mean, rstd, owned)  # BP2
+        grad_input = grad_input.reshape(input.shape)  # (R, D) -> (*, *normalized_shape)
     return _cast_grads((grad_input, grad_weight, grad_bias), (input, weight, weight))  # type: ignore[return-value]
 
 
@@ -398,9 +399,9 @@ class GroupNormFunction(ManualFunction):
         if needs[0]:
             g = delta * _opmath(weight).reshape(1, c, 1) if weight is not None else delta  # g = δ ⊙ γ
             g = g.reshape(n, groups, -1)  # (N, C, S) -> (N, G, C/G·S)
-            grad_input = _feature_bp2(g, xhat, rstd, (2,), in_place_ok(grad_output)).reshape(
-                input.shape
-            )  # BP2
+            g_mean, gxhat_mean = g.mean(2, keepdim=True), (g * xhat).mean(2, keepdim=True)  # -> (N, G, 1)
+            grad_input = _bp2(g, None, xhat, g_mean, gxhat_mean, rstd, in_place_ok(grad_output))  # BP2
+            grad_input = grad_input.reshape(input.shape)  # (N, G, C/G·S) -> (N, C, *)
         grad_input, grad_weight, grad_bias = _cast_grads(
             (grad_input, grad_weight, grad_bias), (input, weight, weight)
         )
