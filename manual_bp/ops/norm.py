@@ -143,27 +143,35 @@ def _channel_backward(
         mean, rstd = _moments(x, dims, ctx.eps)
     else:
         mean, rstd = _opmath(mean).reshape(stats_shape), _opmath(rstd).reshape(stats_shape)
-    xhat = _normalized(x, mean, rstd)
+    batch_bp2 = needs[0] and ctx.batch_stats  # BP2 with the batch terms, which need BP3's sums
+    owned = in_place_ok(grad_output)
     grad_input = grad_weight = grad_bias = None
-    if needs[0] or needs[1] or needs[2]:
-        delta_sum = delta.sum(dims, keepdim=True)  # Σδ; (N, C, S) -> stats shape
-        delta_xhat_sum = (delta * xhat).sum(dims, keepdim=True)  # Σ δ ⊙ x̂
+    if needs[1] or batch_bp2:
+        if owned:
+            # one full-size tensor for the whole backward: δ ⊙ (x − μ) for the sum, then x̂, then BP2
+            # (a fresh tensor costs several in-place passes; forward + backward against native went
+            # from 2.0-2.6x to 1.6-1.7x at 8x64x56x56 and 32x64x56x56, alternating runs)
+            centred = x - mean
+            delta_xhat_sum = centred.mul_(delta).sum(dims, keepdim=True) * rstd  # Σ δ ⊙ x̂
+            xhat = torch.sub(x, mean, out=centred).mul_(rstd)
+        else:
+            xhat = _normalized(x, mean, rstd)
+            delta_xhat_sum = (delta * xhat).sum(dims, keepdim=True)  # Σ δ ⊙ x̂; -> stats shape
         if needs[1]:
             grad_weight = delta_xhat_sum.sum(0).reshape(c)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; -> (C,)
+    if needs[2] or batch_bp2:
+        delta_sum = delta.sum(dims, keepdim=True)  # Σδ; (N, C, S) -> stats shape
         if needs[2]:
             grad_bias = delta_sum.sum(0).reshape(c)  # BP3: ∂c/∂β = Σ δ; -> (C,)
-        if needs[0]:
-            k = rstd if weight is None else _opmath(weight).reshape(1, c, 1) * rstd  # γ/σ per channel
-            if ctx.batch_stats:
-                count = x.numel() // delta_sum.numel()  # M, the values behind one statistic
-                # BP2 with g = δ ⊙ γ: mean(g)/σ = (γ/σ) Σδ/M, mean(g ⊙ x̂)/σ = (γ/σ) Σ δ ⊙ x̂ / M
-                owned = in_place_ok(grad_output)
-                grad_input = _bp2(
-                    delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, None, owned
-                )
-            else:
-                grad_input = delta * k  # BP2 (eval): g/σ, the running statistics are constants
-            grad_input = grad_input.reshape(input.shape)  # (N, C, S) -> (N, C, *)
+    if needs[0]:
+        k = rstd if weight is None else _opmath(weight).reshape(1, c, 1) * rstd  # γ/σ per channel
+        if batch_bp2:
+            count = x.numel() // delta_sum.numel()  # M, the values behind one statistic
+            # BP2 with g = δ ⊙ γ: mean(g)/σ = (γ/σ) Σδ/M, mean(g ⊙ x̂)/σ = (γ/σ) Σ δ ⊙ x̂ / M
+            grad_input = _bp2(delta, k, xhat, k * delta_sum / count, k * delta_xhat_sum / count, None, owned)
+        else:
+            grad_input = delta * k  # BP2 (eval): g/σ, the running statistics are constants
+        grad_input = grad_input.reshape(input.shape)  # (N, C, S) -> (N, C, *)
     return _cast_grads((grad_input, grad_weight, grad_bias), (input, weight, weight))
 
 
