@@ -378,6 +378,8 @@ def test_error_group_norm_groups() -> None:
         fn.group_norm(torch.randn(2, 3, 4), 0)
     with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
         fn.group_norm(torch.randn(2, 3, 4), 3, torch.ones(4))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        fn.group_norm(torch.randn(1, 3), 3)  # one value per group, as torch refuses
 
 
 def test_error_instance_norm() -> None:
@@ -423,6 +425,13 @@ def test_error_device_mismatch() -> None:
         fn.group_norm(x, 3, torch.ones(3, device="meta"))
     with pytest.raises(ValueError, match="running_mean and input must be on the same device"):
         fn.instance_norm(x, torch.zeros(3, device="meta"), torch.ones(3, device="meta"))
+
+
+def test_error_momentum_none_in_the_functional() -> None:
+    with pytest.raises(TypeError, match="momentum must be a float, got NoneType"):
+        fn.batch_norm(torch.randn(4, 3), None, None, training=True, momentum=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="momentum must be a float, got NoneType"):
+        fn.instance_norm(torch.randn(4, 3, 2), momentum=None)  # type: ignore[arg-type]
 
 
 def test_error_bad_normalized_shape_and_eps() -> None:

@@ -483,6 +483,14 @@ def _check_param(name: str, t: Tensor | None, input: Tensor, shape: tuple[int, .
         )
 
 
+def _check_momentum(momentum: Any) -> None:
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):  # None included, as torch
+        raise TypeError(
+            f"momentum must be a float, got {type(momentum).__name__} "
+            "(the modules turn momentum=None into the cumulative average's factor)"
+        )
+
+
 def _check_eps(eps: Any) -> None:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
@@ -514,6 +522,7 @@ def batch_norm(
     _check_param("weight", weight, input, (c,), f"one per channel of the input's {c}")
     _check_param("bias", bias, input, (c,), f"one per channel of the input's {c}")
     _check_eps(eps)
+    _check_momentum(momentum)
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm takes running_mean and running_var together, got only one of them")
     if training:
@@ -521,8 +530,6 @@ def batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
-        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
-            raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
     elif running_mean is None:
         raise ValueError(
             "batch_norm with training=False normalises with running_mean and running_var, got None"
@@ -678,6 +685,7 @@ def instance_norm(
     _check_param("weight", weight, input, (c,), f"one per channel of the input's {c}")
     _check_param("bias", bias, input, (c,), f"one per channel of the input's {c}")
     _check_eps(eps)
+    _check_momentum(momentum)
     if (running_mean is None) != (running_var is None):
         raise ValueError("instance_norm takes running_mean and running_var together, got only one of them")
     if use_input_stats:
