@@ -16,7 +16,7 @@ the statistics are recomputed from ``x`` with differentiable ops, since the save
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -71,9 +71,31 @@ def _moments(
     return mean, torch.rsqrt(var + eps)
 
 
-def _normalized(x: Tensor, mean: Tensor | None, rstd: Tensor) -> Tensor:
+def _normalized(x: Tensor, mean: Tensor | None, rstd: Tensor, out: Tensor | None = None) -> Tensor:
     """``x̂ = (x − μ)/σ``, as ``x/σ − μ/σ`` in one pass over ``x`` (``x/rms`` without ``μ``)."""
-    return x * rstd if mean is None else torch.addcmul(-mean * rstd, x, rstd)
+    return torch.mul(x, rstd, out=out) if mean is None else torch.addcmul(-mean * rstd, x, rstd, out=out)
+
+
+def _xhat_and_sums(
+    x: Tensor,
+    mean: Tensor | None,
+    rstd: Tensor,
+    delta: Tensor,
+    sums: Callable[[Tensor], tuple[Tensor | None, ...]],
+    owned: bool,
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """``x̂`` and ``sums(δ ⊙ x̂)`` (BP3's sums of ``δ ⊙ x̂``, and BP2's ``mean(g ⊙ x̂)``).
+
+    ``owned`` (no graph recorded): both in one full-size tensor, ``δ ⊙ x̂`` first, then ``x̂``
+    written over it (which BP2 then overwrites): a fresh tensor costs several in-place passes here;
+    forward + backward against native went from 2.0-2.6x to 1.6-1.7x for batch norm at 8x64x56x56
+    and 32x64x56x56 (alternating runs).
+    """
+    xhat = _normalized(x, mean, rstd)
+    if not owned:
+        return xhat, sums(delta * xhat)
+    reduced = sums(xhat.mul_(delta))
+    return _normalized(x, mean, rstd, out=xhat), reduced
 
 
 def _bp2(
@@ -147,16 +169,14 @@ def _channel_backward(
     owned = in_place_ok(grad_output)
     grad_input = grad_weight = grad_bias = None
     if needs[1] or batch_bp2:
-        if owned:
-            # one full-size tensor for the whole backward: δ ⊙ (x − μ) for the sum, then x̂, then BP2
-            # (a fresh tensor costs several in-place passes; forward + backward against native went
-            # from 2.0-2.6x to 1.6-1.7x at 8x64x56x56 and 32x64x56x56, alternating runs)
-            centred = x - mean
-            delta_xhat_sum = centred.mul_(delta).sum(dims, keepdim=True) * rstd  # Σ δ ⊙ x̂
-            xhat = torch.sub(x, mean, out=centred).mul_(rstd)
-        else:
-            xhat = _normalized(x, mean, rstd)
-            delta_xhat_sum = (delta * xhat).sum(dims, keepdim=True)  # Σ δ ⊙ x̂; -> stats shape
+        xhat, (delta_xhat_sum,) = _xhat_and_sums(
+            x,
+            mean,
+            rstd,
+            delta,
+            lambda p: (p.sum(dims, keepdim=True),),
+            owned,  # Σ δ ⊙ x̂; -> stats shape
+        )
         if needs[1]:
             grad_weight = delta_xhat_sum.sum(0).reshape(c)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; -> (C,)
     if needs[2] or batch_bp2:
@@ -301,22 +321,28 @@ def _trailing_backward(
     else:
         mean = _opmath(mean).reshape(-1, 1) if mean is not None else None
         rstd = _opmath(rstd).reshape(-1, 1)
-    xhat = _normalized(x, mean, rstd)
-    delta_xhat = delta * xhat  # δ ⊙ x̂
+    w = _opmath(weight).reshape(d) if weight is not None else None
+
+    def sums(delta_xhat: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Σ_rows δ ⊙ x̂ (BP3) and mean(g ⊙ x̂) = (δ ⊙ x̂) γ / D per row (BP2); (R, D) -> (D,), (R, 1)"""
+        column_sum = delta_xhat.sum(0) if needs[1] else None
+        if not needs[0]:
+            return column_sum, None
+        row_mean = delta_xhat.mean(1, keepdim=True) if w is None else (delta_xhat @ w).unsqueeze(1) / d
+        return column_sum, row_mean
+
+    owned = in_place_ok(grad_output)
     grad_input = grad_weight = grad_bias = None
+    xhat, (delta_xhat_sum, gxhat_mean) = _xhat_and_sums(x, mean, rstd, delta, sums, owned)
     if needs[1]:
-        grad_weight = delta_xhat.sum(0).reshape(weight.shape)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; (R, D) -> γ's shape
+        grad_weight = delta_xhat_sum.reshape(weight.shape)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; (D,) -> γ's shape
     if needs[2]:
         grad_bias = delta.sum(0).reshape(weight.shape)  # BP3: ∂c/∂β = Σ δ; (R, D) -> β's shape
     if needs[0]:
-        w = _opmath(weight).reshape(d) if weight is not None else None
-        if w is None:
-            g_mean, gxhat_mean = delta.mean(1, keepdim=True), delta_xhat.mean(1, keepdim=True)
-        else:
-            g_mean = (delta @ w).unsqueeze(1) / d  # mean(g); (R, D) @ (D,) -> (R, 1)
-            gxhat_mean = (delta_xhat @ w).unsqueeze(1) / d  # mean(g ⊙ x̂); (R, D) @ (D,) -> (R, 1)
-        owned = in_place_ok(grad_output)
-        grad_input = _bp2(delta, w, xhat, g_mean if centred else None, gxhat_mean, rstd, owned)  # BP2
+        g_mean = None
+        if centred:  # mean(g) = δ γ / D; (R, D) @ (D,) -> (R, 1)
+            g_mean = delta.mean(1, keepdim=True) if w is None else (delta @ w).unsqueeze(1) / d
+        grad_input = _bp2(delta, w, xhat, g_mean, gxhat_mean, rstd, owned)  # BP2
         grad_input = grad_input.reshape(input.shape)  # (R, D) -> (*, *normalized_shape)
     return _cast_grads((grad_input, grad_weight, grad_bias), (input, weight, weight))  # type: ignore[return-value]
 
@@ -361,6 +387,20 @@ class LayerNormFunction(ManualFunction):
         return grads[0], None, grads[1], grads[2], None
 
 
+def _per_channel(stat: Tensor, channels: int) -> Tensor:
+    """A statistic per sample and group, repeated for each channel of the group; -> (N, C, 1)."""
+    grouped = stat.reshape(stat.shape[0], -1, 1)  # (N, G, 1)
+    return grouped.repeat_interleave(channels // grouped.shape[1], dim=1)
+
+
+def _group_mean(per_channel_sum: Tensor, gamma: Tensor | None, groups: int, spatial: int) -> Tensor:
+    """``mean(γ ⊙ t)`` over each group's channels and ``(*)``, from ``Σ_S t`` ``(N, C, 1)``; -> (N, C, 1)."""
+    weighted = per_channel_sum * gamma if gamma is not None else per_channel_sum
+    n, c = weighted.shape[:2]
+    group_mean = weighted.reshape(n, groups, -1).sum(2) / (c // groups * spatial)  # (N, G)
+    return _per_channel(group_mean, c)
+
+
 class GroupNormFunction(ManualFunction):
     r"""Group norm of ``x (N, C, *)``: the ``C`` channels in ``G`` groups, each sample's group over
     its channels and ``(*)``; ``γ``, ``β`` per channel.
@@ -391,25 +431,29 @@ class GroupNormFunction(ManualFunction):
         input, weight, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         n, c, groups = input.shape[0], input.shape[1], ctx.groups
-        x = _opmath(input).reshape(n, groups, -1)  # (N, C, *) -> (N, G, C/G·S)
-        delta = _opmath(grad_output).reshape(n, c, -1)  # (N, C, *) -> (N, C, S)
+        x = _opmath(input).reshape(n, c, -1)  # (N, C, *) -> (N, C, S)
+        delta = _opmath(grad_output).reshape(n, c, -1)
         if torch.is_grad_enabled():  # double backward: μ, 1/σ as functions of x
-            mean, rstd = _moments(x, (2,), ctx.eps)
-        else:
-            mean, rstd = _opmath(mean).reshape(n, groups, 1), _opmath(rstd).reshape(n, groups, 1)
-        xhat = _normalized(x, mean, rstd)
+            mean, rstd = _moments(x.reshape(n, groups, -1), (2,), ctx.eps)  # over (N, G, C/G·S)
+        mean, rstd = (_per_channel(_opmath(t), c) for t in (mean, rstd))  # (N, G) -> (N, C, 1)
+        gamma = _opmath(weight).reshape(1, c, 1) if weight is not None else None
+
+        def sums(delta_xhat: Tensor) -> tuple[Tensor | None, Tensor | None]:
+            """Σ_{N,S} δ ⊙ x̂ (BP3) and mean(g ⊙ x̂) per group (BP2); (N, C, S) -> (C,), (N, C, 1)"""
+            per_channel = delta_xhat.sum(2, keepdim=True)  # (N, C, 1)
+            return per_channel.sum(0).reshape(c), _group_mean(per_channel, gamma, groups, x.shape[2])
+
+        owned = in_place_ok(grad_output)
         grad_input = grad_weight = grad_bias = None
+        xhat, (delta_xhat_sum, gxhat_mean) = _xhat_and_sums(x, mean, rstd, delta, sums, owned)
         if needs[2]:
-            # BP3: ∂c/∂γ = Σ δ ⊙ x̂ over (N, S); (N, C, S) -> (C,)
-            grad_weight = (delta * xhat.reshape(n, c, -1)).sum((0, 2))
+            grad_weight = delta_xhat_sum  # BP3: ∂c/∂γ = Σ δ ⊙ x̂ over (N, S)
         if needs[3]:
             grad_bias = delta.sum((0, 2))  # BP3: ∂c/∂β = Σ δ; (N, C, S) -> (C,)
         if needs[0]:
-            g = delta * _opmath(weight).reshape(1, c, 1) if weight is not None else delta  # g = δ ⊙ γ
-            g = g.reshape(n, groups, -1)  # (N, C, S) -> (N, G, C/G·S)
-            g_mean, gxhat_mean = g.mean(2, keepdim=True), (g * xhat).mean(2, keepdim=True)  # -> (N, G, 1)
-            grad_input = _bp2(g, None, xhat, g_mean, gxhat_mean, rstd, in_place_ok(grad_output))  # BP2
-            grad_input = grad_input.reshape(input.shape)  # (N, G, C/G·S) -> (N, C, *)
+            g_mean = _group_mean(delta.sum(2, keepdim=True), gamma, groups, x.shape[2])  # mean(g)
+            grad_input = _bp2(delta, gamma, xhat, g_mean, gxhat_mean, rstd, owned)  # BP2
+            grad_input = grad_input.reshape(input.shape)  # (N, C, S) -> (N, C, *)
         grad_input, grad_weight, grad_bias = _cast_grads(
             (grad_input, grad_weight, grad_bias), (input, weight, weight)
         )
