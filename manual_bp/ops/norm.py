@@ -169,14 +169,11 @@ def _channel_backward(
     owned = in_place_ok(grad_output)
     grad_input = grad_weight = grad_bias = None
     if needs[1] or batch_bp2:
-        xhat, (delta_xhat_sum,) = _xhat_and_sums(
-            x,
-            mean,
-            rstd,
-            delta,
-            lambda p: (p.sum(dims, keepdim=True),),
-            owned,  # Σ δ ⊙ x̂; -> stats shape
-        )
+
+        def sums(delta_xhat: Tensor) -> tuple[Tensor]:
+            return (delta_xhat.sum(dims, keepdim=True),)  # Σ δ ⊙ x̂; (N, C, S) -> stats shape
+
+        xhat, (delta_xhat_sum,) = _xhat_and_sums(x, mean, rstd, delta, sums, owned)
         if needs[1]:
             grad_weight = delta_xhat_sum.sum(0).reshape(c)  # BP3: ∂c/∂γ = Σ δ ⊙ x̂; -> (C,)
     if needs[2] or batch_bp2:
