@@ -1,12 +1,15 @@
 """Swap the ``torch.nn`` layers of an existing model for their manual twins, and back.
 
 :func:`convert` walks a model (any nesting of ``Sequential``, ``ModuleList``, ``ModuleDict`` and
-custom modules, the model itself included) and turns every ``torch.nn.Linear`` (subclasses too,
-such as the ``out_proj`` of ``nn.MultiheadAttention``) and every supported activation module into
-its manual twin from :mod:`manual_bp.modules`. :func:`revert` is its exact inverse.
+custom modules, the model itself included) and turns every layer of the op registry
+(:data:`manual_bp.ops.MODULE_TWINS`: ``Linear`` and its subclasses such as the ``out_proj`` of
+``nn.MultiheadAttention``, convolutions, pooling, padding, norms, ``Embedding``, dropout, softmax,
+``Flatten``, activations and losses) into its manual twin from :mod:`manual_bp.modules`.
+:func:`revert` is its exact inverse.
 
-How: each manual class subclasses its ``torch.nn`` counterpart and adds nothing but ``forward``,
-so a module is converted by changing its class (``module.__class__ = Twin``). The module object
+How: each manual class subclasses its ``torch.nn`` counterpart and adds nothing but ``forward``
+(or the one method its ``forward`` calls, such as ``InstanceNorm``'s), so a module is converted
+by changing its class (``module.__class__ = Twin``). The module object
 stays the same object with the same ``Parameter`` objects, names, buffers, hooks,
 ``requires_grad`` flags, dtype, device, train/eval mode and ``state_dict``; only ``forward``
 changes. A subclass of a ``torch.nn`` layer (``NonDynamicallyQuantizableLinear``, a user's
@@ -15,7 +18,7 @@ class, so ``isinstance`` checks and extra methods keep working; a subclass that 
 ``forward`` stays native (its ``forward`` is not ``Linear``'s any more).
 
 What cannot be converted is reported by :func:`conversion_report`: modules of other kinds
-(``Conv2d``, ``LayerNorm``, ...) stay native and compose with manual ones through autograd;
+(``nn.MultiheadAttention``, ``nn.LSTM``, ...) stay native and compose with manual ones through autograd;
 activations stored as *functions* (``nn.TransformerEncoderLayer(activation="gelu")`` keeps
 ``F.gelu``) or called inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) are not modules and
 cannot be swapped.
@@ -165,8 +168,6 @@ def _unconvertible_reason(module: nn.Module, native: type[nn.Module]) -> str | N
     cls = type(module)
     if cls.forward is not native.forward:
         return f"{cls.__qualname__} overrides forward(); converting would change what it computes"
-    if isinstance(module, nn.CrossEntropyLoss) and module.label_smoothing != 0.0:
-        return f"label_smoothing={module.label_smoothing} is not supported (only 0.0)"
     return None
 
 
@@ -286,12 +287,12 @@ def _copy(model: nn.Module, who: str) -> nn.Module:
 
 
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Swap every ``torch.nn.Linear`` and supported activation module of ``model`` for its manual twin.
+    """Swap every layer of ``model`` that the op registry supports for its manual twin.
 
     Converted: every ``torch.nn`` class of the op registry (:data:`manual_bp.ops.MODULE_TWINS`:
     ``nn.Linear`` and its subclasses that keep ``Linear.forward``, e.g. the ``out_proj`` of
-    ``nn.MultiheadAttention``; the activations ``nn.Sigmoid``, ``Tanh``, ``ReLU``, ``GELU``,
-    ``SELU``, ``PReLU``, ...; ``nn.CrossEntropyLoss`` with ``label_smoothing=0``), anywhere in
+    ``nn.MultiheadAttention``; convolutions, pooling, padding, batch/layer/group/RMS/instance
+    norm, ``Embedding``, dropout, softmax, ``Flatten``; the activations; the losses), anywhere in
     the model, the model itself included. Everything else stays native and composes with manual
     layers through autograd. Parameters (the same objects when
     ``inplace=True``), names, buffers, hooks, ``requires_grad``, dtype, device, train/eval mode and
@@ -338,7 +339,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         why = (
             f"all {already} supported modules are manual already"
             if already
-            else "it has no torch.nn.Linear or supported activation module"
+            else "it has no supported layer: see manual_bp.ops.MODULE_TWINS"
         )
         warnings.warn(
             f"manual_bp.convert: nothing to convert in {type(model).__name__} ({why}); "
