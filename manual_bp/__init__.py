@@ -26,6 +26,7 @@ from manual_bp.convert import conversion_report as conversion_report
 from manual_bp.convert import convert as convert
 from manual_bp.convert import native_twin as native_twin
 from manual_bp.convert import revert as revert
+from manual_bp.coverage import coverage as coverage
 from manual_bp.mlp import MLP as MLP
 from manual_bp.modules import *  # noqa: F403 (the drop-in layers, from the op registry)
 
@@ -39,6 +40,7 @@ __all__ = sorted(
         "check",
         "conversion_report",
         "convert",
+        "coverage",
         "engine",
         "functional",
         "native_twin",

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from manual_bp.coverage import _percent
 from manual_bp.mlp import MLP
 from manual_bp.ops import MODULE_TWINS, TORCH_FUNCTIONS, callable_name
 from manual_bp.ops.losses import HalfSquaredError
@@ -142,11 +143,29 @@ class ConversionReport:
     manual: list[ModuleEntry] = field(default_factory=list)
     native: list[ModuleEntry] = field(default_factory=list)
     functions: list[ModuleEntry] = field(default_factory=list)
+    #: elements of the model's distinct parameters owned by a manual module, and of all of them
+    manual_elements: int = 0
+    total_elements: int = 0
+
+    @property
+    def parameter_share(self) -> float:
+        """The share of parameter elements owned by manual modules (1.0 for a model without any).
+
+        Static: it says which modules own the parameters, not which backward computes their
+        gradients (a native op in ``forward`` can still use a manual module's weight);
+        :func:`manual_bp.coverage` measures that on the graph."""
+        return self.manual_elements / self.total_elements if self.total_elements else 1.0
 
     def __str__(self) -> str:
         rows = [(e.path or "(model)", e.kind, e.status, e.note) for e in self.manual + self.native]
         rows += [(e.path, e.kind, e.status, e.note) for e in self.functions]
         out = [f"conversion report for {self.model}: {len(self.manual)} manual, {len(self.native)} native"]
+        if self.total_elements:
+            share = _percent(self.manual_elements, self.total_elements)
+            counts = f"{self.manual_elements:,} of {self.total_elements:,} elements"
+            out.append(f"parameters in manual layers: {share} ({counts})")
+        else:
+            out.append("parameters in manual layers: the model has no parameters")
         out.append(_table(("module", "class", "backward", "note"), rows))
         out.append(textwrap.fill(f"note: {FUNCTIONAL_NOTE}.", width=100, subsequent_indent="      "))
         return "\n".join(out)
@@ -255,7 +274,26 @@ def conversion_report(model: nn.Module) -> ConversionReport:
                 where = f"{path}.{attr}" if path else attr
                 note = f"= {name}: a function, not a module; cannot be swapped"
                 report.functions.append(ModuleEntry(where, "function attribute", "native", note))
+    _count_parameters(model, report)
     return report
+
+
+def _count_parameters(model: nn.Module, report: ConversionReport) -> None:
+    """Fill in ``report``'s parameter element counts. Each distinct parameter belongs to the first
+    module holding it; it is manual when that module is in ``report.manual``, or lies inside an
+    opaque manual module there (``manual_bp.MLP`` owns its layers' parameters)."""
+    manual_modules: set[int] = set()
+    for entry in report.manual:
+        module = model.get_submodule(entry.path)
+        members = module.modules() if _opaque_reason(module) is not None else [module]
+        manual_modules.update(id(m) for m in members)
+    seen: set[int] = set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                report.total_elements += p.numel()
+                report.manual_elements += p.numel() if id(module) in manual_modules else 0
 
 
 def _functional_name(value: Any) -> str | None:
