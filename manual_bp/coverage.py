@@ -131,7 +131,7 @@ class Coverage:
             for n in self.native:
                 where = [f"in {_few(n.modules)}"] if n.modules else []
                 where += [f"at {_few(n.sources)}"] if n.sources else []
-                where += [f"computes the gradient of {', '.join(n.parameters)}"] if n.parameters else []
+                where += [f"computes the gradient of {_few(n.parameters, 4)}"] if n.parameters else []
                 lines.append(f"  {n.name.ljust(width)}  x{n.count:<3} {'; '.join(where)}".rstrip())
         if self.uncovered:
             lines.append(f"parameters not covered: {', '.join(self.uncovered)}")
@@ -318,18 +318,32 @@ def _record(
     modes = [(m, m.training) for m in model.modules()]
     tensors = [*model.parameters(), *model.buffers(), *_tensors(args), *_tensors(kwargs)]
     devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-    # nodes the inputs bring with them belong to no module of the model
+    # Which module's forward made each node: when a module starts, the untagged nodes behind its
+    # inputs were made by the module around it (or, outside the model, by none); when it returns,
+    # the untagged nodes behind its output were made by it (inner modules tagged theirs first).
     created_in: dict[Any, str | None] = {}
-    _tag([t.grad_fn for t in _tensors((args, kwargs))], None, created_in)
+    running: list[str | None] = [None]
 
-    def tagger(path: str) -> Callable[..., None]:
-        def hook(module: nn.Module, _input: Any, output: Any) -> None:
-            label = f"{path or '(model)'} ({type(module).__name__})"
-            _tag([t.grad_fn for t in _tensors(output)], label, created_in)
+    def tag(value: Any, label: str | None) -> None:
+        _tag([t.grad_fn for t in _tensors(value)], label, created_in)
 
-        return hook
+    def hooks(path: str, module: nn.Module) -> list[Any]:
+        label = f"{path or '(model)'} ({type(module).__name__})"
 
-    handles = [m.register_forward_hook(tagger(path)) for path, m in model.named_modules()]
+        def pre(_module: nn.Module, args: Any, kwargs: Any) -> None:
+            tag((args, kwargs), running[-1])
+            running.append(label)
+
+        def post(_module: nn.Module, _args: Any, output: Any) -> None:
+            tag(output, label)
+            running.pop()
+
+        return [
+            module.register_forward_pre_hook(pre, with_kwargs=True),
+            module.register_forward_hook(post, always_call=True),
+        ]
+
+    handles = [h for path, m in model.named_modules() for h in hooks(path, m)]
     try:
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Aa]nomaly [Dd]etection.*")

@@ -96,6 +96,33 @@ def test_mixed_model_gives_the_exact_element_share() -> None:
     )
 
 
+def test_native_nodes_are_attributed_to_the_module_whose_forward_made_them() -> None:
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = manual_bp.Linear(3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.lin(x).exp()
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = Inner(), Inner()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(self.a(x).sin()).cos()
+
+    cov = manual_bp.coverage(Outer(), torch.randn(2, 3), loss_fn=lambda y: y.sum())
+    where = {n.name: n.modules for n in cov.native}
+    assert where == {
+        "ExpBackward0": ("a (Inner)", "b (Inner)"),
+        "SinBackward0": ("(model) (Outer)",),
+        "CosBackward0": ("(model) (Outer)",),
+        "SumBackward0": (),  # the loss: no module of the model
+    }
+
+
 def test_share_never_rounds_up_to_100_percent() -> None:
     big = manual_bp.Linear(100, 100)
     small = nn.Parameter(torch.randn(1))
