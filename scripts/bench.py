@@ -7,6 +7,7 @@ Run (the docs' performance page, docs/performance.md, renders this command's JSO
     python scripts/bench.py --full                  # every batch x width x depth x activation
     python scripts/bench.py --config 64x128x2:sigmoid  # one configuration (repeatable)
     python scripts/bench.py --device cuda --dtype bfloat16
+    python scripts/bench.py --models                # only: converted ResNet-18 and ViT vs native
 
 A step is: zero grads, forward, half squared error c = ½‖y − t‖² averaged over samples, backward,
 plain SGD update. Paths, timed interleaved (each repetition times every path once, in turn) and
@@ -44,6 +45,7 @@ import argparse
 import concurrent.futures
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -516,11 +518,92 @@ def parse_config(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, 
     return batch, width, depth, act
 
 
+# ----------------------------------------------------------------------------- real models
+# name -> (constructor in scripts/_bench_models.py, batch, input shape, classes); --quick: tiny ones
+MODELS = {"resnet18": ("resnet18", 8, (3, 32, 32), 10), "vit": ("vit_small", 16, (3, 32, 32), 10)}
+QUICK_MODELS = {"resnet18": ("tiny_resnet", 2, (3, 32, 32), 5), "vit": ("tiny_vit", 2, (3, 8, 8), 5)}
+MODELS_LIMIT = 1.15  # converted / native training step, issue 14
+
+
+def model_step_times(name: str, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    """One SGD training step (zero grads, forward, ``CrossEntropyLoss``, backward, ``SGD.step``) of a
+    real model: native against ``manual_bp.convert`` of the same model, timed interleaved; also the
+    converted model's explicit-backward coverage and the saved-activation memory of both."""
+    scripts = os.path.dirname(os.path.abspath(__file__))
+    if scripts not in sys.path:  # (loaded by path, e.g. from the tests)
+        sys.path.insert(0, scripts)
+    import _bench_models
+
+    factory, batch, shape, classes = (QUICK_MODELS if args.quick else MODELS)[name]
+    torch.manual_seed(0)
+    native = getattr(_bench_models, factory)(num_classes=classes).to(device=args.device, dtype=dtype)
+    manual = manual_bp.convert(native)
+    native_loss, manual_loss = nn.CrossEntropyLoss(), manual_bp.convert(nn.CrossEntropyLoss())
+    x = torch.randn(batch, *shape, device=args.device, dtype=dtype)
+    t = torch.randint(0, classes, (batch,), device=args.device)
+    steps = {
+        "native": autograd_step(native, native_loss, x, t),
+        "manual": autograd_step(manual, manual_loss, x, t),
+    }
+    with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.autocast):
+        times = interleaved_times(steps, args.reps, args.device)
+        memory = {
+            "native": saved_bytes(lambda: native_loss(native(x), t), [*native.parameters(), x]),
+            "manual": saved_bytes(lambda: manual_loss(manual(x), t), [*manual.parameters(), x]),
+        }
+        cov = manual_bp.coverage(manual, x, loss_fn=lambda y: manual_loss(y, t))
+    return {
+        "model": name,
+        "factory": factory,
+        "batch": batch,
+        "input": list(shape),
+        "parameters": sum(p.numel() for p in native.parameters()),
+        "rep_seconds": times,
+        "memory_ratio": memory["manual"] / memory["native"],
+        "parameter_share": cov.parameter_share,
+        "node_share": cov.node_share,
+        "native_nodes": {n.name: n.count for n in cov.native},
+    }
+
+
+def bench_models(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """:func:`model_step_times` of each model in ``--procs`` fresh processes, pooled as
+    :func:`run_config` pools; prints a line per model."""
+    print(
+        f"training step of real models, manual_bp.convert vs native (target <= {MODELS_LIMIT:.2f}x); "
+        "explicit backward's share of parameter elements and of graph nodes:"
+    )
+    rows = []
+    for name in MODELS:
+        parts = [in_fresh_process(args, model_step_times, name, args, dtype) for _ in range(args.procs)]
+        times, ratios, by_process = pooled([part["rep_seconds"] for part in parts])
+        row = {k: v for k, v in parts[0].items() if k != "rep_seconds"}
+        row.update(seconds=times, ratio=ratios["manual"], ratio_by_process=by_process["manual"])
+        row.update(limit=MODELS_LIMIT, ok=ratios["manual"] <= MODELS_LIMIT)
+        rows.append(row)
+        shape = "x".join(map(str, row["input"]))
+        share = math.floor(1000 * row["parameter_share"]) / 10  # never rounded up to 100%
+        what = f"{row['factory']} ({row['parameters'] / 1e6:.2f} M params, batch {row['batch']}, {shape})"
+        print(
+            f"  {what}: native {fmt_time(times['native'])}, manual {fmt_time(times['manual'])}, "
+            f"ratio {row['ratio']:.2f} {'ok' if row['ok'] else 'MISSED'}; memory {row['memory_ratio']:.2f}; "
+            f"explicit {share:.1f}% of parameters, {100 * row['node_share']:.0f}% of nodes",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke subset")
     parser.add_argument(
         "--full", action="store_true", help="the full batch x width x depth x activation product"
+    )
+    parser.add_argument(
+        "--models",
+        action="store_true",
+        help="only the real-model section: a training step of the converted ResNet-18 and ViT against "
+        "native (with --quick: tiny versions)",
     )
     parser.add_argument(
         "--config",
@@ -589,6 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         grid = list(itertools.product(BATCHES, WIDTHS, DEPTHS, ACTIVATIONS))
     else:
         grid = [(b, w, d, a) for b, w in DEFAULT_SIZES for d in DEPTHS for a in ACTIVATIONS]
+    if args.models:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
+        model_rows = bench_models(args, param_dtype)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as fh:
+                meta = {"torch": torch.__version__, "device": args.device, "dtype": args.dtype}
+                json.dump({**meta, "threads": torch.get_num_threads(), "models": model_rows}, fh, indent=1)
+            print(f"wrote {args.out}")
+        return 0
 
     peak = gemm_peak(args.device, dtype)
     print(
