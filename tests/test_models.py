@@ -5,9 +5,9 @@ and exactly the expected parameters are left to autograd (the ViT's class token 
 embedding, raw parameters added in ``forward``: no layer to convert); (b) float64 gradients equal
 native autograd's; (c) ``revert`` gives back the native model bit for bit.
 
-The ResNet runs in training mode (batch statistics, running-statistics updates); the transformers
-in eval mode (dropout is the identity), so that both twins compute the same function whatever the
-random draws of dropout.
+Gradients are compared in eval mode (running statistics, dropout the identity) and in training
+mode (batch statistics and their running-statistics update; dropout with the random number
+generator reseeded before each twin's forward: manual dropout draws native's masks).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ class Case:
     inputs: Callable[[torch.dtype], tuple[Tensor, ...]]
     classes: int
     batch: int
-    train: bool  # mode of the gradient comparison
     uncovered: tuple[str, ...]  # the parameters explicit backward is allowed (and expected) to leave
 
 
@@ -45,16 +44,11 @@ def _bert_inputs(dtype: torch.dtype) -> tuple[Tensor, ...]:
 
 
 CASES = {
-    "resnet": Case(tiny_resnet, lambda dtype: (torch.randn(2, 3, 32, 32, dtype=dtype),), 5, 2, True, ()),
+    "resnet": Case(tiny_resnet, lambda dtype: (torch.randn(2, 3, 32, 32, dtype=dtype),), 5, 2, ()),
     "vit": Case(
-        tiny_vit,
-        lambda dtype: (torch.randn(3, 3, 8, 8, dtype=dtype),),
-        5,
-        3,
-        False,
-        ("cls_token", "pos_embed"),
+        tiny_vit, lambda dtype: (torch.randn(3, 3, 8, 8, dtype=dtype),), 5, 3, ("cls_token", "pos_embed")
     ),
-    "bert": Case(tiny_bert, _bert_inputs, 3, 3, False, ()),
+    "bert": Case(tiny_bert, _bert_inputs, 3, 3, ()),
 }
 
 
@@ -79,12 +73,15 @@ def test_explicit_backward_covers_the_model(case: Case) -> None:
     assert {p for node in cov.native for p in node.parameters} == set(case.uncovered)
 
 
-def test_float64_gradients_equal_native(case: Case) -> None:
-    native = case.build().double().train(case.train)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_float64_gradients_equal_native(case: Case, train: bool) -> None:
+    native = case.build().double().train(train)
     manual = manual_bp.convert(native)
     inputs = case.inputs(torch.float64)
     target = torch.randint(0, case.classes, (case.batch,))
+    torch.manual_seed(1)
     native_loss = nn.CrossEntropyLoss()(native(*inputs), target)
+    torch.manual_seed(1)  # the same dropout masks
     manual_loss = manual_bp.convert(nn.CrossEntropyLoss())(manual(*inputs), target)
     native_loss.backward()
     manual_loss.backward()
