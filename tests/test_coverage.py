@@ -8,6 +8,8 @@ The native layers here are ones no op of the registry converts (a convolution wr
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 
 import pytest
 import torch
@@ -286,6 +288,12 @@ def test_errors() -> None:
     frozen = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no autograd graph was recorded"):
         manual_bp.coverage(frozen, torch.randn(2, 4))
+
+
+def test_the_module_doctest() -> None:
+    module = importlib.import_module("manual_bp.coverage")  # (manual_bp.coverage is the function)
+    result = doctest.testmod(module)
+    assert (result.failed, result.attempted) == (0, 4)
 
 
 # ----------------------------------------------------------------------------- conversion_report
