@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--dtype", choices=_DTYPES, default="float64", help="dtype of the model comparison (default float64)"
     )
+    check.add_argument(
+        "--op",
+        action="append",
+        metavar="NAME",
+        help="check only this op of the registry (repeatable; default: every op)",
+    )
     check.add_argument("--device", default="cpu", help="device to run on (default cpu)")
     check.add_argument("--seed", type=int, default=0, help="seed for samples, dropout and the default loss")
     sub.add_parser(
@@ -70,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+def _progress(i: int, n: int, name: str) -> None:
+    """The suite's progress on stderr, one line rewritten in place on a terminal."""
+    if sys.stderr.isatty():
+        end = "\n" if i + 1 == n else ""
+        print(f"\rchecking {i + 1}/{n}: {name}\033[K", end=end, file=sys.stderr, flush=True)
 
 
 def _load_factory(spec: str) -> Callable[[], Any]:
@@ -176,7 +189,15 @@ def _check(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     if args.model is None:
-        rows = check.run_suite(device=device, seed=args.seed)
+        ops = check.OPS
+        if args.op:
+            unknown = sorted(set(args.op) - {op.name for op in ops})
+            if unknown:
+                raise UsageError(
+                    f"--op: no op named {', '.join(unknown)}; the ops are {', '.join(op.name for op in ops)}"
+                )
+            ops = tuple(op for op in ops if op.name in args.op)
+        rows = check.run_suite(ops, device=device, seed=args.seed, progress=_progress)
         print(check.format_suite(rows))
         return 0 if all(r.passed for r in rows) else 1
     model, inputs, loss_fn = _call_factory(args.model)

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 
 class SmallCNN(nn.Module):
-    """Conv2d, BatchNorm, ReLU, Dropout, LayerNorm and a linear head; one ``F.relu`` in forward."""
+    """Conv2d, BatchNorm, ReLU, Dropout, LayerNorm and a linear head (all convert); one ``F.relu`` in
+    forward (a function: it stays native)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from manual_bp import cli
+from manual_bp import check, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,8 @@ def test_check_model_passes_and_reports() -> None:
     proc = _run("check", "--model", "tests._factories:cnn")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "conversion report for SmallCNN: 4 manual, 3 native" in out
+    assert "conversion report for SmallCNN: 8 manual, 0 native" in out
+    assert "parameters in manual layers: 100% (1,267 of 1,267 elements)" in out
     assert "manual vs native in float64" in out and "grad head.0.weight" in out
     assert "relu" in out and "tests/_factories.py:" in out  # the F.relu call convert cannot swap
     assert out.rstrip().endswith("PASS: manual gradients match native autograd")
@@ -149,3 +150,18 @@ def test_train_without_the_lightning_module(
     monkeypatch.setitem(sys.modules, "manual_bp.lightning.cli", None)  # import fails as if it were missing
     assert cli.main(["train"]) == 2
     assert "manual-bp train needs the Lightning integration" in capsys.readouterr().err
+
+
+def test_check_one_op_and_its_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--op", "relu", "--op", "conv1d"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert [r[0] for r in rows] == ["conv1d"] * 4 + ["relu"] * 4  # registry order, four checks each
+    seen: list[tuple[int, int, str]] = []
+    check_rows = check.run_suite([check.OPS[0]], progress=lambda *a: seen.append(a))
+    assert seen == [(0, 1, "linear")] and len(check_rows) == 4
+
+
+def test_check_unknown_op_names_the_ops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--op", "convolution"]) == 2
+    err = capsys.readouterr().err
+    assert "no op named convolution" in err and "conv2d" in err and "layer_norm" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -226,14 +227,22 @@ def _run_native(spec: Op, samples: list[Sample], dtype: torch.dtype) -> SuiteRow
 
 
 def run_suite(
-    ops: Sequence[Op] | None = None, device: str | torch.device = "cpu", seed: int = 0
+    ops: Sequence[Op] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> list[SuiteRow]:
     """Run gradcheck, gradgradcheck and the native comparison (float64, float32) for every op.
+
+    The warnings torch gives on purpose for some samples (a target broadcast against the input,
+    ``padding='same'`` with an even kernel, a variance of one value) are not shown: the samples
+    exercise those cases deliberately.
 
     Args:
         ops: the entries to run (default: all of :data:`OPS`).
         device: where to run.
         seed: seeds the sample generator, so that a run is reproducible.
+        progress: called as ``progress(i, n, name)`` before the ``i``-th of ``n`` ops (from 0).
 
     Returns:
         Rows ``(op, dtype, check, error, passed)``, four per op (gradcheck, gradgradcheck, native in
@@ -244,8 +253,13 @@ def run_suite(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny samples: extra intra-op threads only contend (3x slower on a busy box)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for spec in OPS if ops is None else ops:
+        specs = list(OPS if ops is None else ops)
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with rng, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for i, spec in enumerate(specs):
+                if progress is not None:
+                    progress(i, len(specs), spec.name)
                 # seeded per op, so that one op's samples do not depend on the ops before it
                 torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
                 samples64 = spec.samples(torch.float64, device)
