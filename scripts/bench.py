@@ -456,6 +456,20 @@ CE_SIZES = ((64, 10), (1024, 1000))  # (batch, classes); the target: manual <= 1
 CE_LIMIT = 1.1
 
 
+class _OneOpEachWay(torch.autograd.Function):
+    """The floor of a Function with a Python backward: one op forward (``Σ x``), one op backward
+    (``δ`` expanded), called as ``cross_entropy(x, t)`` is (``t`` unused)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.expand(ctx.shape), None
+
+
 def cross_entropy_bench(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str, Any]]:
     """Forward + backward of ``cross_entropy(logits, labels)`` (class indices, ``'mean'``): native
     ``F.cross_entropy`` against ``manual_bp.functional.cross_entropy``, timed interleaved in this
@@ -472,15 +486,20 @@ def cross_entropy_bench(args: argparse.Namespace, dtype: torch.dtype) -> list[di
             x.grad = None
             fn(x, t).backward()
 
-        steps = {"native": lambda: step(F.cross_entropy), "manual": lambda: step(MF.cross_entropy)}
+        steps = {
+            "native": lambda: step(F.cross_entropy),
+            "manual": lambda: step(MF.cross_entropy),
+            "floor": lambda: step(_OneOpEachWay.apply),  # what any Python backward costs at least
+        }
         times = interleaved_times(steps, args.reps, args.device)
-        ratios = rep_ratios(times)["manual"]
+        ratios = rep_ratios(times)
         rows.append(
             {
                 "batch": batch,
                 "classes": classes,
                 "seconds": {k: statistics.median(v) for k, v in times.items()},
-                "ratio": statistics.median(ratios),
+                "ratio": statistics.median(ratios["manual"]),
+                "floor_ratio": statistics.median(ratios["floor"]),
                 "rep_seconds": times,
                 "limit": CE_LIMIT,
             }
@@ -495,7 +514,7 @@ def print_cross_entropy(rows: list[dict[str, Any]]) -> None:
         print(
             f"  {r['batch']:>5} x {r['classes']:<5}: native {fmt_time(s['native'])}, manual "
             f"{fmt_time(s['manual'])}, ratio {r['ratio']:.2f} (target <= {r['limit']:.2f}) "
-            f"{'ok' if ok else 'MISSED'}"
+            f"{'ok' if ok else 'MISSED'}; a Function doing one op each way: {r['floor_ratio']:.2f}"
         )
 
 
@@ -593,6 +612,28 @@ def bench_models(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str,
     return rows
 
 
+def write_section(args: argparse.Namespace, argv: list[str] | None, key: str, rows: list[Any]) -> None:
+    """Write one section's rows (``--models``, ``--cross-entropy``) to ``--out``, with the command and
+    the set-up, as ``scripts/bench_report.py`` reads them."""
+    if not args.out:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(
+            {
+                "command": " ".join(["python", "scripts/bench.py", *(argv or sys.argv[1:])]),
+                "torch": torch.__version__,
+                "device": args.device,
+                "dtype": args.dtype,
+                "threads": torch.get_num_threads(),
+                key: rows,
+            },
+            fh,
+            indent=1,
+        )
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke subset")
@@ -655,14 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cross_entropy:
         ce_rows = cross_entropy_bench(args, param_dtype)
         print_cross_entropy(ce_rows)
-        if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as fh:
-                meta = {"torch": torch.__version__, "device": args.device, "dtype": args.dtype}
-                json.dump(
-                    {**meta, "threads": torch.get_num_threads(), "cross_entropy": ce_rows}, fh, indent=1
-                )
-            print(f"\nwrote {args.out}")
+        write_section(args, argv, "cross_entropy", ce_rows)
         return 0
     if args.config:
         grid = [parse_config(parser, c) for c in args.config]
@@ -675,12 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
         model_rows = bench_models(args, param_dtype)
-        if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as fh:
-                meta = {"torch": torch.__version__, "device": args.device, "dtype": args.dtype}
-                json.dump({**meta, "threads": torch.get_num_threads(), "models": model_rows}, fh, indent=1)
-            print(f"wrote {args.out}")
+        write_section(args, argv, "models", model_rows)
         return 0
 
     peak = gemm_peak(args.device, dtype)

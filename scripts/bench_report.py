@@ -117,6 +117,43 @@ def digits_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def models_lines(data: dict[str, Any]) -> list[str]:
+    """``--models``: a converted model's training step against native's, and its coverage."""
+    lines = [
+        "| model | parameters | batch, input | native step | converted step | ratio (per process) "
+        "| target | saved memory | explicit backward: parameters, graph nodes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["models"]:
+        per_process = r.get("ratio_by_process", [])
+        spread = f" ({min(per_process):.2f}–{max(per_process):.2f})" if len(per_process) > 1 else ""
+        share = math.floor(1000 * r["parameter_share"]) / 10  # never rounded up to 100 %
+        lines.append(
+            f"| {r['factory']} | {r['parameters'] / 1e6:.2f} M | {r['batch']}, "
+            f"{'×'.join(map(str, r['input']))} | {fmt_seconds(r['seconds']['native'])} | "
+            f"{fmt_seconds(r['seconds']['manual'])} | {r['ratio']:.2f}{spread} | ≤ {r['limit']:.2f} "
+            f"{'met' if r['ok'] else 'missed'} | {r['memory_ratio']:.2f} | {share:.1f} %, "
+            f"{100 * r['node_share']:.0f} % |"
+        )
+    return lines
+
+
+def cross_entropy_lines(data: dict[str, Any]) -> list[str]:
+    """``--cross-entropy``: forward + backward against native, and the floor of any Python backward."""
+    lines = [
+        "| batch × classes | native | manual | ratio | target | a Function doing one op each way |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["cross_entropy"]:
+        s = r["seconds"]
+        met = "met" if r["ratio"] <= r["limit"] else "missed"
+        lines.append(
+            f"| {r['batch']} × {r['classes']} | {fmt_seconds(s['native'])} | {fmt_seconds(s['manual'])} | "
+            f"{r['ratio']:.2f} | ≤ {r['limit']:.2f} {met} | {r['floor_ratio']:.2f} |"
+        )
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python scripts/bench_report.py BENCH.json", file=sys.stderr)
@@ -127,6 +164,12 @@ def main(argv: list[str]) -> int:
         f"`{data['command']}` — torch {data['torch']}, {data['device']}, {data['dtype']}, "
         f"{data['threads']} threads\n"
     )
+    if "models" in data:
+        print("\n".join(models_lines(data)) + "\n")
+        return 0
+    if "cross_entropy" in data:
+        print("\n".join(cross_entropy_lines(data)) + "\n")
+        return 0
     print("\n".join(summary(data)) + "\n")
     print("\n".join(peak_lines(data) + digits_lines(data)) + "\n")
     print(
