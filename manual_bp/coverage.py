@@ -208,7 +208,7 @@ def coverage(
 
     Args:
         model: any ``torch.nn.Module``, converted or not.
-        *args, **kwargs: the model's inputs.
+        *args: the model's positional inputs (``**kwargs``: its keyword inputs).
         loss_fn: called with the output; returns the loss (``lambda y: F.cross_entropy(y, t)``).
 
     Returns:
