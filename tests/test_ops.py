@@ -230,3 +230,11 @@ def test_vmap_grad_like_native(op: Op) -> None:
     )
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_has_its_backward_formula_for_the_docs(op: Op) -> None:
+    """The docs' op table (docs/ops.md) is generated from ``Op.formula``: every op states its backward
+    in the derivation's step names."""
+    assert any(step in op.formula for step in ("BP1", "BP2", "BP3")), op.formula
+    assert op.formula.count("$") % 2 == 0, f"unbalanced $…$ math: {op.formula}"

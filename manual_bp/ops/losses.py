@@ -1407,7 +1407,7 @@ LOSS_OPS: tuple[Op, ...] = (
         MSELossFunction,
         modules=((nn.MSELoss, MSELoss),),
         torch_functions=(F.mse_loss,),
-        formula=r"$\partial c/\partial y = 2 s\,w \odot (y - t)$, "
+        formula=r"BP1: $\partial c/\partial y = 2 s\,w \odot (y - t)$, "
         r"$\partial c/\partial t = -\partial c/\partial y$",
     ),
     Op(
@@ -1418,7 +1418,7 @@ LOSS_OPS: tuple[Op, ...] = (
         L1LossFunction,
         modules=((nn.L1Loss, L1Loss),),
         torch_functions=(F.l1_loss,),
-        formula=r"$\partial c/\partial y = s\,w \odot \operatorname{sign}(y - t)$, "
+        formula=r"BP1: $\partial c/\partial y = s\,w \odot \operatorname{sign}(y - t)$, "
         r"$\partial c/\partial t = -\partial c/\partial y$",
     ),
     Op(
@@ -1429,8 +1429,8 @@ LOSS_OPS: tuple[Op, ...] = (
         SmoothL1LossFunction,
         modules=((nn.SmoothL1Loss, SmoothL1Loss),),
         torch_functions=(F.smooth_l1_loss,),
-        formula=r"$\partial c/\partial y = s\,d/\beta$ for $|d| < \beta$, else $s\,\operatorname{sign} d$ "
-        r"($d = y - t$)",
+        formula=r"BP1: $\partial c/\partial y = s\,d/\beta$ for $|d| < \beta$, "
+        r"else $s\,\operatorname{sign} d$ ($d = y - t$)",
     ),
     Op(
         "huber_loss",
@@ -1442,7 +1442,7 @@ LOSS_OPS: tuple[Op, ...] = (
         HuberLossFunction,
         modules=((nn.HuberLoss, HuberLoss),),
         torch_functions=(F.huber_loss,),
-        formula=r"$\partial c/\partial y = s\,w \odot \operatorname{clamp}(y - t, -\delta, \delta)$",
+        formula=r"BP1: $\partial c/\partial y = s\,w \odot \operatorname{clamp}(y - t, -\delta, \delta)$",
     ),
     Op(
         "binary_cross_entropy",
@@ -1452,7 +1452,7 @@ LOSS_OPS: tuple[Op, ...] = (
         BinaryCrossEntropyFunction,
         modules=((nn.BCELoss, BCELoss),),
         torch_functions=(F.binary_cross_entropy,),
-        formula=r"$\partial c/\partial y = s\,w \odot \frac{y - t}{y(1 - y)}$, "
+        formula=r"BP1: $\partial c/\partial y = s\,w \odot \frac{y - t}{y(1 - y)}$, "
         r"$\partial c/\partial t = s\,w \odot (\log(1 - y) - \log y)$",
     ),
     Op(
@@ -1463,7 +1463,7 @@ LOSS_OPS: tuple[Op, ...] = (
         BinaryCrossEntropyWithLogitsFunction,
         modules=((nn.BCEWithLogitsLoss, BCEWithLogitsLoss),),
         torch_functions=(F.binary_cross_entropy_with_logits,),
-        formula=r"$\partial c/\partial z = s\,w \odot (\sigma(z) - t)$ "
+        formula=r"BP1: $\partial c/\partial z = s\,w \odot (\sigma(z) - t)$ "
         r"(with $p_w$: $s\,w \odot ((1 - t) - (1 + (p_w - 1)t)\,\sigma(-z))$)",
     ),
     Op(
@@ -1474,7 +1474,7 @@ LOSS_OPS: tuple[Op, ...] = (
         KLDivFunction,
         modules=((nn.KLDivLoss, KLDivLoss),),
         torch_functions=(F.kl_div,),
-        formula=r"$\partial c/\partial y = -s\,t$, $\partial c/\partial t = s\,(\log t + 1 - y)$",
+        formula=r"BP1: $\partial c/\partial y = -s\,t$, $\partial c/\partial t = s\,(\log t + 1 - y)$",
     ),
     Op(
         "nll_loss",
@@ -1484,7 +1484,7 @@ LOSS_OPS: tuple[Op, ...] = (
         NLLLossFunction,
         modules=((nn.NLLLoss, NLLLoss),),
         torch_functions=(F.nll_loss,),
-        formula=r"$\partial c/\partial y_{ik} = -s\,w_{t_i} [k = t_i]$ (a scatter on the target column)",
+        formula=r"BP1: $\partial c/\partial y_{ik} = -s\,w_{t_i} [k = t_i]$ (a scatter on the target column)",
     ),
     Op(
         "cross_entropy",
