@@ -274,6 +274,7 @@ def _dropout_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
         # layout (empty_like keeps the strides), which the suite's finite differences do not keep
         Sample((x(4, 6).detach()[:, ::2].requires_grad_(True),), label="non-contiguous"),
         Sample((x(4, 3), 1.0), label="p=1"),
+        Sample((x(2, 1, 3, 2), 0.7, True, False), label="4-d, p=0.7, every argument"),
     ]
 
 
@@ -290,13 +291,13 @@ def _feature_samples(spatial: int) -> Any:
             Sample((x(4, *size) if spatial != 2 else x(1, 4, 3, 2), 0.3), label="unbatched / N=1, p=0.3"),
             Sample((noncontiguous((2, 2, *size[:-1], 3), dtype, device),), label="non-contiguous"),
             Sample((x(2, 3, *size), 1.0), label="p=1"),
+            Sample((x(3, 4, *size), 0.7), label="batched, p=0.7"),
+            Sample((x(1, 5, *size), 0.5, True, False), label="N=1, every argument"),
         ]
 
     return make
 
 
-# test_ops compiles the seeded call, fork_rng and all, which dynamo cannot trace (native fails the
-# same way there); tests/test_dropout.py compiles dropout itself and compares with eager's draws
 _FORMULA = r"BP2: $\delta \odot m / (1 - p)$ (the saved scaled mask{})"
 
 DROPOUT_OPS: tuple[Op, ...] = (
