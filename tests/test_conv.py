@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 import manual_bp
 import manual_bp.functional as MF
+import manual_bp.ops.conv as conv_module
 
 F64 = torch.float64
 TOL64 = {"rtol": 1e-10, "atol": 1e-12}  # float64: both sides exact to rounding (as test_ops.py)
@@ -184,6 +185,47 @@ def test_only_the_needed_gradients() -> None:
         want = _grads(F.conv_transpose2d, xs, ws, stride=2)
         for g, n in zip(got, want, strict=True):
             torch.testing.assert_close(g, n, **TOL64)
+
+
+@pytest.mark.parametrize(
+    ("fn", "size", "kernel", "kwargs"),
+    [
+        (MF.conv2d, (1, 1), 3, {"padding": 1}),  # 3x3 on a 1x1 map: only the centre offset reads the input
+        (MF.conv2d, (1, 2), 3, {"padding": 2, "dilation": 2}),
+        (
+            MF.conv2d,
+            (3, 1),
+            3,
+            {"padding": 1, "dilation": (2, 1)},
+        ),  # padding before not a multiple of dilation
+        (MF.conv1d, (1,), 5, {"padding": 2, "stride": 2}),
+        (MF.conv3d, (1, 1, 1), 3, {"padding": 1}),
+    ],
+    ids=["1x1", "dilated", "odd padding", "1d strided", "3d"],
+)
+def test_kernel_offsets_that_read_only_padding(
+    fn: Callable[..., Tensor],
+    size: tuple[int, ...],
+    kernel: int,
+    kwargs: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Offsets whose windows lie in the padding are skipped in the backward: gradients still equal native's
+    (zeros for those weights) and double backward holds."""
+    cut = []
+    cropped = conv_module._Reader.cropped
+    monkeypatch.setattr(
+        conv_module._Reader, "cropped", lambda self, live: cut.append(live) or cropped(self, live)
+    )
+    d = len(size)
+    native = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 3, *(kernel,) * d, dtype=F64, requires_grad=True)
+    for g, n in zip(_grads(fn, x, w, **kwargs), _grads(native, x, w, **kwargs), strict=True):
+        torch.testing.assert_close(g, n, **TOL64)
+    assert cut, "the backward did not skip the offsets"
+    assert torch.autograd.gradgradcheck(lambda x, w: fn(x, w, **kwargs), (x, w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
