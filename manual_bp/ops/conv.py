@@ -3,7 +3,8 @@ applied to patches. BP3 is δ against the input's patches, BP2 is ``δ W`` folde
 
 A convolution is the linear layer ``x' = y Wᵀ + b`` applied at every output position ``m`` to the
 patch of the input that the kernel covers there: ``x'_m = patch_m(y) Wᵀ + b``, with ``W`` seen as
-``(C_out, K·C_in)`` (``K`` kernel offsets). Its backward is the linear layer's, position by position:
+``(C_out, C_in·K)`` (``K`` kernel offsets, ``W``'s own memory order). Its backward is the linear
+layer's, position by position:
 
 * BP3: ``∂c/∂W = Σ_m δ_mᵀ patch_m(y)`` — δ against the input's patches (im2col);
 * BP2: ``∂c/∂y = fold(δ W)`` — each position's ``δ_m W`` is a patch of input gradient, added back
@@ -11,13 +12,16 @@ patch of the input that the kernel covers there: ``x'_m = patch_m(y) Wᵀ + b``,
   strided window of the (zero-padded) input that offset ``k`` reads;
 * ``∂c/∂b = Σ_m δ_m``.
 
-Everything runs channels-last (``(N, *S, C)``), for any number of spatial dims: the window of kernel
-offset ``k`` is the strided view ``[n, o, c] = padded[n, o·stride + k·dilation, c]`` of the
-zero-padded input (:meth:`_Reader.window`); BP3 stacks the windows into the patches (one copy), BP2
-adds each offset's share ``δ W_k`` into its window of a zero buffer and crops the padding. Groups are a
-batch dim of the matmuls (``einsum`` over ``g``). A transposed convolution is the same layer read
-backwards: its forward is a conv's BP2, so its BP2 is the convolution of δ's patches with ``W`` and
-its BP3 is the input against δ's patches: the same windows and products with input and δ swapped.
+Everything runs channels first, for any number of spatial dims, so that ``W`` and ``∂c/∂W`` keep
+their own layout (no weight-sized copies): δ is ``(C_out, N·L)``, the patches are the columns of
+``(C_in·K, N·L)``, cut from strided ``unfold`` views of the zero-padded input in one copy
+(:meth:`_Reader.patches`), and BP2's ``δᵀ W`` ``(N·L, C_in·K)`` is added offset by offset onto the
+windows ``[.., o] = padded[.., o·stride + k·dilation]`` of a zero buffer (:meth:`_Reader.fold`).
+Kernel offsets whose windows lie in the padding (a 3x3 kernel on a 1x1 map) have no weight gradient
+and are skipped when they are most of the kernel. Groups are the batch dim of the matmuls. A
+transposed convolution is the same layer read backwards: its forward is a conv's BP2, so its BP2 is
+the convolution of δ's patches with ``W`` and its BP3 is the input against δ's patches: the same
+windows and products with input and δ swapped.
 """
 
 from __future__ import annotations
