@@ -227,7 +227,8 @@ class ConvFunction(ManualFunction):
         delta = _channels(grad_output, groups)  # δ: (N, C_out, *O) -> (G, C_out/G, N·L)
         grad_input = grad_weight = grad_bias = None
         if needs[0]:
-            w = weight[(slice(None), slice(None), *live)].reshape(groups, delta.shape[1], -1)
+            w = weight[(slice(None), slice(None), *live)]  # W at the live offsets
+            w = w.reshape(groups, delta.shape[1], -1)  # (C_out, C_in/G, *K) -> (G, C_out/G, C_in/G·K)
             # BP2: ∂c/∂y = fold(δ W); (G, N·L, C_out/G) x (G, C_out/G, C_in/G·K) -> (G, N·L, C_in/G·K)
             grad_input = reader.fold(delta.transpose(1, 2) @ w, n)  # -> (N, C_in, *S)
             if unbatched:
