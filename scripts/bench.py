@@ -539,8 +539,18 @@ def parse_config(parser: argparse.ArgumentParser, text: str) -> tuple[int, int, 
 
 # ----------------------------------------------------------------------------- real models
 # name -> (constructor in scripts/_bench_models.py, batch, input shape, classes); --quick: tiny ones
-MODELS = {"resnet18": ("resnet18", 8, (3, 32, 32), 10), "vit": ("vit_small", 16, (3, 32, 32), 10)}
-QUICK_MODELS = {"resnet18": ("tiny_resnet", 2, (3, 32, 32), 5), "vit": ("tiny_vit", 2, (3, 8, 8), 5)}
+# ResNet-18 twice: at 32x32 its last stage sees 1x1 feature maps, where 8 of a 3x3 kernel's 9 offsets
+# read only padding; at 64x64 (2x2 maps there) every offset reads data
+MODELS = {
+    "resnet18": ("resnet18", 8, (3, 32, 32), 10),
+    "resnet18_64": ("resnet18", 8, (3, 64, 64), 10),
+    "vit": ("vit_small", 16, (3, 32, 32), 10),
+}
+QUICK_MODELS = {
+    "resnet18": ("tiny_resnet", 2, (3, 32, 32), 5),
+    "resnet18_64": ("tiny_resnet", 2, (3, 16, 16), 5),
+    "vit": ("tiny_vit", 2, (3, 8, 8), 5),
+}
 MODELS_LIMIT = 1.15  # converted / native training step, issue 14
 
 

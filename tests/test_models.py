@@ -133,7 +133,11 @@ def test_bench_models_section(tmp_path: Path) -> None:
     out = tmp_path / "models.json"
     assert bench.main(["--models", "--quick", "--same-process", "--reps", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["models"]
-    assert [(r["model"], r["factory"]) for r in rows] == [("resnet18", "tiny_resnet"), ("vit", "tiny_vit")]
+    assert [(r["model"], r["factory"]) for r in rows] == [
+        ("resnet18", "tiny_resnet"),
+        ("resnet18_64", "tiny_resnet"),
+        ("vit", "tiny_vit"),
+    ]
     for row in rows:
         assert row["ratio"] > 0 and set(row["seconds"]) == {"native", "manual"}
         assert 0.0 <= row["parameter_share"] <= 1.0
