@@ -61,6 +61,7 @@ from torch import nn
 
 import manual_bp
 from manual_bp import engine
+from manual_bp._function import ManualFunction
 from manual_bp.ops import get_activation
 
 # ----------------------------------------------------------------------------- configuration
@@ -456,14 +457,18 @@ CE_SIZES = ((64, 10), (1024, 1000))  # (batch, classes); the target: manual <= 1
 CE_LIMIT = 1.1
 
 
-class _OneOpEachWay(torch.autograd.Function):
-    """The floor of a Function with a Python backward: one op forward (``Σ x``), one op backward
-    (``δ`` expanded), called as ``cross_entropy(x, t)`` is (``t`` unused)."""
+class _OneOpEachWay(ManualFunction):
+    """The floor of a manual_bp Function (its fast C++ ``apply``, a Python ``setup_context`` and
+    ``backward``): one op forward (``Σ x``), one op backward (``δ`` expanded), called as
+    ``cross_entropy(x, t)`` is (``t`` unused)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ctx.shape = x.shape
+    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x.sum()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.shape = inputs[0].shape
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
