@@ -627,9 +627,9 @@ def bench_models(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str,
     return rows
 
 
-def write_section(args: argparse.Namespace, argv: list[str] | None, key: str, rows: list[Any]) -> None:
-    """Write one section's rows (``--models``, ``--cross-entropy``) to ``--out``, with the command and
-    the set-up, as ``scripts/bench_report.py`` reads them."""
+def write_json(args: argparse.Namespace, argv: list[str] | None, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``--out`` with the command and the set-up, as ``scripts/bench_report.py``
+    reads them (every section: the grid, ``--models``, ``--cross-entropy``)."""
     if not args.out:
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -641,7 +641,7 @@ def write_section(args: argparse.Namespace, argv: list[str] | None, key: str, ro
                 "device": args.device,
                 "dtype": args.dtype,
                 "threads": torch.get_num_threads(),
-                key: rows,
+                **results,
             },
             fh,
             indent=1,
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cross_entropy:
         ce_rows = cross_entropy_bench(args, param_dtype)
         print_cross_entropy(ce_rows)
-        write_section(args, argv, "cross_entropy", ce_rows)
+        write_json(args, argv, {"cross_entropy": ce_rows})
         return 0
     if args.config:
         grid = [parse_config(parser, c) for c in args.config]
@@ -724,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
         model_rows = bench_models(args, param_dtype)
-        write_section(args, argv, "models", model_rows)
+        write_json(args, argv, {"models": model_rows})
         return 0
 
     peak = gemm_peak(args.device, dtype)
@@ -811,26 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     for d_row in digits:
         print(f"  digits epoch {d_row['task']}: engine/sklearn {d_row['ratio']:.2f} (target <= 0.5)")
 
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(
-                {
-                    "command": " ".join(["python", "scripts/bench.py", *(argv or sys.argv[1:])]),
-                    "torch": torch.__version__,
-                    "device": args.device,
-                    "dtype": args.dtype,
-                    "threads": torch.get_num_threads(),
-                    "gemm_gflops": peak,
-                    "rows": rows,
-                    "memory_extra": memory_extra,
-                    "digits": digits,
-                    "targets": verdicts,
-                },
-                fh,
-                indent=1,
-            )
-        print(f"\nwrote {args.out}")
+    results = {"gemm_gflops": peak, "rows": rows, "memory_extra": memory_extra, "digits": digits}
+    write_json(args, argv, {**results, "targets": verdicts})
     return 0
 
 
