@@ -76,6 +76,16 @@ def check_same(name: str, tensor: Tensor, ref_name: str, ref: Tensor) -> None:
         )
 
 
+def check_feedback(feedback: Any, weight: Tensor) -> None:
+    """Raise unless ``feedback`` (the matrix a feedback rule's BP2 multiplies by) is a floating
+    tensor of ``weight``'s shape."""
+    check_floating("feedback", feedback)
+    if feedback.shape != weight.shape:
+        raise ValueError(
+            f"feedback must have the weight's shape {tuple(weight.shape)}, got {tuple(feedback.shape)}"
+        )
+
+
 def check_target(target: Any, input: Tensor, input_name: str, d_out: int, same_dtype: bool = True) -> None:
     """Raise unless ``target`` is a floating tensor of the output's shape ``(*, d_out)`` (the leading
     dims of ``input``), on ``input``'s device and, with ``same_dtype``, of its dtype."""

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from manual_bp.coverage import _percent
+from manual_bp.feedback import check_rule, clear_feedback, set_feedback
 from manual_bp.mlp import MLP
 from manual_bp.ops import MODULE_TWINS, TORCH_FUNCTIONS, callable_name
 from manual_bp.ops.losses import HalfSquaredError
@@ -324,7 +325,13 @@ def _copy(model: nn.Module, who: str) -> nn.Module:
         ) from error
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+def convert(
+    model: nn.Module,
+    inplace: bool = False,
+    feedback: str = "backprop",
+    feedback_scale: float = 1.0,
+    feedback_seed: int = 0,
+) -> nn.Module:
     """Swap every layer of ``model`` that the op registry supports for its manual twin.
 
     Converted: every ``torch.nn`` class of the op registry (:data:`manual_bp.ops.MODULE_TWINS`:
@@ -341,6 +348,10 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         model: any ``torch.nn.Module``.
         inplace: change ``model`` itself (and return it); by default a deep copy is converted and
             ``model`` is left untouched.
+        feedback: a feedback rule for the BP2 of every ``Linear`` and convolution
+            (:func:`manual_bp.feedback.set_feedback`: ``"fa"``, ``"dfa"``, ``"sign"``, ``"brsf"``,
+            ``"frsf"``); ``"backprop"``, the default, is the seed's ``δ W``.
+        feedback_scale, feedback_seed: the scale and seed of the rule's random matrices.
 
     Returns:
         The converted model. :func:`conversion_report` (``from manual_bp.convert import
@@ -357,6 +368,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     True
     """
     _check_module(model, "convert")
+    check_rule(feedback, feedback_scale, feedback_seed)
     if not inplace:
         model = _copy(model, "convert")
     converted = already = 0
@@ -385,6 +397,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
             UserWarning,
             stacklevel=2,
         )
+    if feedback != "backprop":
+        set_feedback(model, feedback, feedback_scale, feedback_seed)
     if _log.isEnabledFor(logging.INFO):
         _log.info("%s", conversion_report(model))
     return model
@@ -396,8 +410,9 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
     Classes come back exactly (``NonDynamicallyQuantizableLinear`` stays that class); parameters,
     buffers, hooks and modes are untouched, so ``revert(convert(m))`` computes bit-identical
     outputs. Manual layers built directly (``manual_bp.Linear(3, 4)``) become their ``torch.nn``
-    class too; ``manual_bp.MLP`` and user subclasses of manual layers are left as they are. Warns
-    when there is nothing to revert.
+    class too; ``manual_bp.MLP`` and user subclasses of manual layers are left as they are. A
+    feedback rule is removed with its buffers (``feedback_weight``). Warns when there is nothing
+    to revert.
 
     Args:
         model: any ``torch.nn.Module``.
@@ -415,8 +430,10 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
         if native is None:
             native = _MANUAL_TO_NATIVE.get(cls)
         if native is not None:
+            clear_feedback(module)
             module.__class__ = native
             reverted += 1
+    clear_feedback(model)  # the output hook of dfa
     if reverted == 0:
         warnings.warn(
             f"manual_bp.revert: nothing to revert in {type(model).__name__} (no manual module made by "

@@ -21,10 +21,12 @@ from manual_bp._function import (
     check_target,
 )
 from manual_bp._torch_private import autocast_on
+from manual_bp.feedback import bp2_matrices, capture_output_error, set_feedback
 from manual_bp.ops import Elementwise, resolve_activation
 from manual_bp.ops.linear import Linear
 from manual_bp.ops.losses import half_squared_error
 from manual_bp.ops.network import (
+    Feedback,
     Layer,
     MLPFunction,
     MLPLossFunction,
@@ -67,6 +69,12 @@ class MLP(nn.Module):
             ``mlp.activation_layers``) always runs the per-layer Functions.
             The parameters and ``state_dict`` (``layers.0.weight``, ``layers.0.bias``, …) are the
             same either way; the attribute may be changed at any time.
+        feedback: the rule of BP2 (:mod:`manual_bp.feedback`): ``"backprop"`` (the seed's
+            ``δ_{n+1} W_n``), ``"fa"``, ``"dfa"``, ``"sign"``, ``"brsf"`` or ``"frsf"``. The random
+            matrices are buffers ``layers.n.feedback_weight`` in the ``state_dict``.
+        feedback_scale: the factor on the random feedback matrices (and on ``sign(W)``).
+        feedback_seed: seeds the feedback matrices (with each layer's name), apart from the
+            global random state: the same on every process.
 
     Shape: ``(*, D_0) -> (*, D_N)``. Parameters are initialised as ``torch.nn.Linear`` does.
 
@@ -87,6 +95,9 @@ class MLP(nn.Module):
         fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        feedback: str = "backprop",
+        feedback_scale: float = 1.0,
+        feedback_seed: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
@@ -119,6 +130,38 @@ class MLP(nn.Module):
             )
         else:
             self._net = _net(self.activations, bias)
+        set_feedback(self, feedback, feedback_scale, feedback_seed, output_size=sizes[-1])
+
+    #: under dfa the network passes its own output through the output-error capture (unfused) or
+    #: starts every BP2 from δ_N inside the fused Function: no output hook
+    routes_output_error = True
+
+    def bp2(self, new_batch: bool = True) -> Feedback | None:
+        """The feedback rule's BP2 for the seed's loop: each layer's ``B_n`` (a ``brsf`` layer draws
+        a new ``R`` first when ``new_batch``), or ``None`` under the seed's own BP2 (``"backprop"``
+        in every layer). The engine calls it every step; the fused Functions read the same."""
+        layers = list(self.layers._modules.values())
+        rules = {layer.feedback_rule for layer in layers}  # type: ignore[union-attr]
+        if rules == {"backprop"}:
+            return None
+        if "dfa" in rules and len(rules) > 1:
+            raise ValueError(
+                "an MLP runs one feedback rule in every layer, or dfa in none; "
+                f"its layers have {sorted(rules)}"
+            )
+        return Feedback(bp2_matrices(layers, new_batch), direct="dfa" in rules)
+
+    def _fused(self) -> tuple[_Net, list[Tensor]]:
+        """The fused Function's plan and the feedback matrices that follow its parameters (none
+        under the seed's BP2)."""
+        net = self._net
+        if all(layer.feedback_rule == "backprop" for layer in self.layers._modules.values()):  # type: ignore[union-attr]
+            return net, []  # type: ignore[return-value]
+        feedback = self.bp2(self.training and torch.is_grad_enabled())
+        assert feedback is not None and net is not None
+        if feedback.direct:
+            net = _net(net.acts, net.has_bias, True)
+        return net, list(feedback.matrices)
 
     @property
     def activation(self) -> Elementwise | type[nn.Module]:
@@ -174,17 +217,18 @@ class MLP(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        if self._net is None:  # learned activations: their modules, per layer
+        if self._net is None or not self.fused:  # per layer (a learned activation: its module)
+            acts = self.activation_layers if self._net is None else [act.manual for act in self.activations]
+            hub, top = self.__dict__.get("_feedback_hub"), len(self.layers) - 1
             y = input
-            for layer, act_layer in zip(self.layers, self.activation_layers, strict=True):
-                y = act_layer(layer(y))
+            for n, (layer, act) in enumerate(zip(self.layers, acts, strict=True)):
+                x = layer(y)  # FF through the per-layer Functions
+                if n == top and hub is not None:
+                    x = capture_output_error(hub, x)  # dfa: e = δ_N = ∂c/∂x_N, recorded here
+                y = act(x)
             return y
-        if not self.fused:
-            y = input
-            for layer, act in zip(self.layers, self.activations, strict=True):
-                y = act.manual(layer(y))  # FF through the per-layer Functions
-            return y
-        return run(input, self._net, self._fused_params(input))
+        net, feedback = self._fused()
+        return run(input, net, self._fused_params(input) + feedback)
 
     def loss(self, input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """The seed's error of the network's output: ``c = ½‖y_N − t‖²`` per sample, reduced.
@@ -205,14 +249,16 @@ class MLP(nn.Module):
         if self.fused and self._net is not None:
             params = self.parameters_flat()
             if reduction in _REDUCTIONS and self._plain_call(input, target, params):
-                return MLPLossFunction.apply(input, target, reduction, self._net, *params)[0]
+                net, feedback = self._fused()
+                return MLPLossFunction.apply(input, target, reduction, net, *params, *feedback)[0]
         self._check_input(input)
         check_reduction(reduction)
         # (under autocast half_squared_error casts, then checks the dtypes)
         check_target(target, input, "input", self.sizes[-1], autocast_dtype(input) is None)
         if not self.fused or self._net is None:
             return half_squared_error(self(input), target, reduction)
-        return run_loss(input, target, reduction, self._net, self._fused_params(input))
+        net, feedback = self._fused()
+        return run_loss(input, target, reduction, net, self._fused_params(input) + feedback)
 
     def _plain_call(self, input: Any, target: Any, params: list[Tensor]) -> bool:
         """One cheap test that ``input`` and ``target`` are the usual ones and would pass every check
@@ -268,7 +314,9 @@ class MLP(nn.Module):
         def name(act: Any) -> str:
             return act.__name__.lower() if isinstance(act, type) else str(act)
 
+        rule = self.layers[0].feedback_rule
         return (
             f"sizes={list(self.sizes)}, activation={name(self.activation)}, "
             f"output_activation={name(self.output_activation)}, fused={self.fused}"
+            + ("" if rule == "backprop" else f", feedback={rule}")
         )

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from manual_bp.engine.losses import loss_and_grad
-from manual_bp.ops.network import Layer, backprop, forward_pass
+from manual_bp.ops.network import Feedback, Layer, backprop, forward_pass
 
 __all__ = ["distributed_step", "is_distributed"]
 
@@ -26,6 +26,7 @@ def distributed_step(
     lr: float,
     loss: str,
     reduction: str,
+    feedback: Feedback | None = None,
 ) -> Tensor:
     """One step under ``torch.distributed`` on checked, flattened arguments, under
     ``torch.no_grad()``: the global loss.
@@ -61,7 +62,7 @@ def distributed_step(
             if step == 2:
                 views[step * n + 1].copy_(delta.sum(0))
 
-    backprop(layers, saved, g, bp3, owned=True)  # BP1, BP2, BP3
+    backprop(layers, saved, g, bp3, owned=True, feedback=feedback)  # BP1, BP2, BP3
     dist.all_reduce(flat)  # sums over processes
     global_total, global_count = flat[-2], flat[-1]
     factor = lr / global_count if reduction == "mean" else lr

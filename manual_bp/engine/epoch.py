@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -13,7 +13,7 @@ from manual_bp.engine.distributed import distributed_step, is_distributed
 from manual_bp.engine.losses import LOSS_FACTOR, row_losses
 from manual_bp.engine.step import check_call, check_lr, local_step, no_autocast, no_graph
 from manual_bp.mlp import MLP
-from manual_bp.ops.network import Layer
+from manual_bp.ops.network import Feedback, Layer
 
 __all__ = ["sgd_epoch"]
 
@@ -54,6 +54,7 @@ def sgd_epoch(
         order = torch.randperm(rows, generator=generator).to(y0.device)
         y0, target = y0[order], target[order]
     layers, distributed = mlp.layers_of(mlp.parameters_flat()), is_distributed()
+    bp2 = mlp.bp2  # a feedback rule's BP2 matrices (None for the seed's), taken anew every step
     batches = -(-rows // batch_size)
     if distributed:  # every step is a collective: run as many as the process with the most batches
         most = torch.tensor([batches], device=y0.device)
@@ -68,11 +69,11 @@ def sgd_epoch(
                     y_batches += (y0[rows:],) * (batches - len(y_batches))
                     t_batches += (target[rows:],) * (batches - len(t_batches))
                 losses = [
-                    distributed_step(layers, y_b, t_b, lr, loss, reduction)
+                    distributed_step(layers, y_b, t_b, lr, loss, reduction, bp2())
                     for y_b, t_b in zip(y_batches, t_batches, strict=True)
                 ]
             else:
-                losses = _epoch_losses(layers, y_batches, t_batches, target, lr, loss, reduction)
+                losses = _epoch_losses(layers, y_batches, t_batches, target, lr, loss, reduction, bp2)
         # from here outside inference mode: the caller gets an ordinary tensor
         if not losses:
             return torch.full((), math.nan, dtype=y0.dtype, device=y0.device)
@@ -94,6 +95,7 @@ def _epoch_losses(
     lr: float,
     loss: str,
     reduction: str,
+    bp2: Callable[[], Feedback | None] = lambda: None,
 ) -> list[Tensor]:
     """The single-process steps of :func:`sgd_epoch`; returns the batches' raw losses summed per
     chunk of consecutive batches (each batch's loss averaged over its rows for ``'mean'``), in
@@ -111,7 +113,7 @@ def _epoch_losses(
     outputs: list[Tensor] = []
     kept = start = 0  # output elements kept; the first row of the chunk
     for i, (y_b, t_b) in enumerate(zip(y_batches, t_batches, strict=True)):
-        local_step(layers, y_b, t_b, lr, loss, reduction, outputs)
+        local_step(layers, y_b, t_b, lr, loss, reduction, outputs, bp2())
         kept += outputs[-1].numel()
         if kept >= _CHUNK or i + 1 == len(y_batches):
             end = start + sum(out.shape[0] for out in outputs)

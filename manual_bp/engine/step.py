@@ -14,9 +14,17 @@ from manual_bp._function import autocast_dtype, check_floating, check_same, chec
 from manual_bp.engine.distributed import distributed_step, is_distributed
 from manual_bp.engine.losses import LOSS_FACTOR, LOSSES, grad, loss_and_grad, mean_scale, ones
 from manual_bp.mlp import MLP
-from manual_bp.ops.network import Layer, backprop, forward_pass
+from manual_bp.ops.network import Feedback, Layer, backprop, forward_pass
 
-__all__ = ["check_call", "check_lr", "local_step", "no_autocast", "no_graph", "sgd_step", "single_step"]
+__all__ = [
+    "check_call",
+    "check_lr",
+    "local_step",
+    "no_autocast",
+    "no_graph",
+    "sgd_step",
+    "single_step",
+]
 
 
 def check_call(mlp: Any, x: Any, target: Any, loss: str, reduction: str) -> tuple[Tensor, Tensor]:
@@ -126,15 +134,16 @@ def sgd_step(
     if isinstance(mlp, MLP):
         params = mlp.parameters_flat()
         if _common_call(mlp, params, x, target, lr, loss, reduction) and not is_distributed():
-            return single_step(mlp.layers_of(params), x, target, lr, loss, reduction)  # the usual call
+            # the usual call
+            return single_step(mlp.layers_of(params), x, target, lr, loss, reduction, mlp.bp2())
     y0, target = check_call(mlp, x, target, loss, reduction)
     lr = check_lr(lr)
     layers = mlp.layers_of(mlp.parameters_flat())
     with no_autocast(y0):
         if is_distributed():
             with torch.no_grad():
-                return distributed_step(layers, y0, target, lr, loss, reduction)
-        return single_step(layers, y0, target, lr, loss, reduction)
+                return distributed_step(layers, y0, target, lr, loss, reduction, mlp.bp2())
+        return single_step(layers, y0, target, lr, loss, reduction, mlp.bp2())
 
 
 def single_step(
@@ -144,11 +153,12 @@ def single_step(
     lr: float,
     loss: str,
     reduction: str,
+    feedback: Feedback | None = None,
 ) -> Tensor:
     """:func:`local_step` in inference mode, on checked, flattened arguments; the loss it returns
     is scaled outside inference mode, so the caller gets an ordinary tensor."""
     with no_graph():
-        total = local_step(layers, y0, target, lr, loss, reduction, None)
+        total = local_step(layers, y0, target, lr, loss, reduction, None, feedback)
     return total * (LOSS_FACTOR[loss] * mean_scale(y0.shape[0], reduction))  # type: ignore[operator]
 
 
@@ -170,10 +180,12 @@ def local_step(
     loss: str,
     reduction: str,
     outputs: list[Tensor] | None,
+    feedback: Feedback | None = None,
 ) -> Tensor | None:
     """One single-process step: FF, then the seed's loop (:func:`~manual_bp.ops.network.backprop`)
     with BP3 fused with the update, ``W_n −= α δ_{n+1}ᵀ y_n`` (``δ_n`` is taken with ``W_n``
-    before its update, as the derivation requires).
+    before its update, as the derivation requires). ``feedback``: a feedback rule's BP2 matrices
+    (:meth:`manual_bp.MLP.bp2`; taken before any update too), ``None`` for the seed's.
 
     Returns the raw loss of the batch, as ``loss_and_grad(loss_scale=None)`` (the callers scale
     it). Given ``outputs``, it computes no loss: it appends ``y_N`` (taken before the update and
@@ -198,5 +210,5 @@ def local_step(
         if bias is not None:
             bias.addmv_(delta_t, ones_, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
 
-    backprop(layers, saved, g, bp3, owned=True)  # BP1, BP2, and BP3 + UPD per layer
+    backprop(layers, saved, g, bp3, owned=True, feedback=feedback)  # BP1, BP2, and BP3 + UPD per layer
     return total

@@ -75,5 +75,6 @@ def deltas(
             if layers[n][1] is not None:
                 bias_grads[n] = delta.sum(0)  # ∂C/∂b_n = Σ_rows δ_{n+1}
 
-        out[0] = backprop(layers, saved, g, bp3, input_grad=True)  # ∂C/∂y_0 = δ_1 W_0
+        # ∂C/∂y_0 = δ_1 W_0 (under a feedback rule, δ_1 B_0: what the rule hands down)
+        out[0] = backprop(layers, saved, g, bp3, input_grad=True, feedback=mlp.bp2(new_batch=False))
     return Trace(total, xs, ys, out, weight_grads, bias_grads)

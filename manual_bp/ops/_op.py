@@ -62,6 +62,9 @@ class Op:
             the same numbers.
         skips: transform (``"autocast"``, ``"compile"``, ``"vmap"``) -> the written reason this op's
             tests leave it out (native does not support it either, say, or it draws random numbers).
+        feedback: for a layer whose BP2 a feedback rule may change (:mod:`manual_bp.feedback`), the
+            function called as ``feedback(*args, feedback=B, **kwargs)``: the op with BP2 through
+            ``B`` (a tensor of the weight's shape, ``args[1]``) instead of the weight, BP3 unchanged.
     """
 
     name: str
@@ -76,6 +79,7 @@ class Op:
     formula: str = ""
     random: bool = False
     skips: Mapping[str, str] = field(default_factory=dict)
+    feedback: Callable[..., Tensor] | None = None
 
     @property
     def manual(self) -> Callable[..., Tensor]:

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manual_bp._function import ManualFunction, autocast_cast, autocast_dtype, check_floating, check_same
+from manual_bp._function import (
+    ManualFunction,
+    autocast_cast,
+    autocast_dtype,
+    check_feedback,
+    check_floating,
+    check_same,
+)
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
 from manual_bp.ops.padding import pad
 
@@ -48,11 +55,15 @@ __all__ = [
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTransposeFunction",
+    "FeedbackConvFunction",
+    "FeedbackConvTransposeFunction",
     "conv1d",
     "conv2d",
     "conv3d",
     "conv_transpose1d",
+    "conv_feedback",
     "conv_transpose2d",
+    "conv_transpose_feedback",
 ]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -307,6 +318,65 @@ class ConvTransposeFunction(ManualFunction):
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
+class FeedbackConvFunction(ConvFunction):
+    r""":class:`ConvFunction` whose BP2 folds back ``δ B`` with a feedback tensor ``B`` (the kernel's
+    shape) instead of ``δ W``; BP3 unchanged. ``B`` is kept where :class:`ConvFunction` keeps ``W``,
+    so the backward is the same written-out formula, read with ``B`` (:mod:`manual_bp.feedback`).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, ...],
+        padding: Pads,
+        dilation: tuple[int, ...],
+        groups: int,
+        feedback: Tensor,
+    ) -> Tensor:
+        return ConvFunction.forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, _, bias, *geometry, feedback = inputs
+        ConvFunction.setup_context(ctx, (input, feedback, bias, *geometry), output)  # B where W would be
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (*ConvFunction.backward(ctx, grad_output), None)  # BP2: fold(δ B); BP3 unchanged
+
+
+class FeedbackConvTransposeFunction(ConvTransposeFunction):
+    r""":class:`ConvTransposeFunction` whose BP2 is ``patch_m(δ) Bᵀ`` with a feedback tensor ``B``
+    (the kernel's shape) instead of ``W``; BP3 unchanged (see :class:`FeedbackConvFunction`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        output_padding: tuple[int, ...],
+        groups: int,
+        dilation: tuple[int, ...],
+        feedback: Tensor,
+    ) -> Tensor:
+        return ConvTransposeFunction.forward(
+            input, weight, bias, stride, padding, output_padding, groups, dilation
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, _, bias, *geometry, feedback = inputs
+        ConvTransposeFunction.setup_context(ctx, (input, feedback, bias, *geometry), output)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (*ConvTransposeFunction.backward(ctx, grad_output), None)  # BP2 through B; BP3 unchanged
+
+
 # --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
@@ -389,6 +459,7 @@ def _conv(
     padding: Any,
     dilation: Any,
     groups: int,
+    feedback: Tensor | None = None,
 ) -> Tensor:
     op = f"conv{d}d"
     _check_tensors(op, d, input, weight, bias)
@@ -414,11 +485,25 @@ def _conv(
             f"{op}: the padded input size per channel {tuple(padded)} is smaller than the (dilated) "
             f"kernel size {tuple(span)}"
         )
+    input, weight, bias, feedback = _cast(input, weight, bias, feedback)
+    if feedback is None:
+        return ConvFunction.apply(input, weight, bias, stride, pads, dilation, groups)
+    return FeedbackConvFunction.apply(input, weight, bias, stride, pads, dilation, groups, feedback)
+
+
+def _cast(
+    input: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The tensors cast as autocast casts a convolution's, checked to share a device and dtype."""
+    if feedback is not None:
+        check_feedback(feedback, weight)
     cast = autocast_dtype(input)
     if cast is not None:
-        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
+        input, weight, bias, feedback = (autocast_cast(t, cast) for t in (input, weight, bias, feedback))  # type: ignore[assignment]
     _check_same_device_dtype(input, weight, bias)
-    return ConvFunction.apply(input, weight, bias, stride, pads, dilation, groups)
+    if feedback is not None:
+        check_same("feedback", feedback, "weight", weight)
+    return input, weight, bias, feedback
 
 
 def _conv_transpose(
@@ -431,6 +516,7 @@ def _conv_transpose(
     output_padding: Any,
     groups: int,
     dilation: Any,
+    feedback: Tensor | None = None,
 ) -> Tensor:
     op = f"conv_transpose{d}d"
     _check_tensors(op, d, input, weight, bias)
@@ -465,11 +551,11 @@ def _conv_transpose(
         raise ValueError(
             f"{op}: the output size {tuple(out)} is too small (input of shape {tuple(input.shape)})"
         )
-    cast = autocast_dtype(input)
-    if cast is not None:
-        input, weight, bias = (autocast_cast(t, cast) for t in (input, weight, bias))  # type: ignore[assignment]
-    _check_same_device_dtype(input, weight, bias)
-    return ConvTransposeFunction.apply(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    input, weight, bias, feedback = _cast(input, weight, bias, feedback)
+    args = (input, weight, bias, stride, padding, output_padding, groups, dilation)
+    if feedback is None:
+        return ConvTransposeFunction.apply(*args)
+    return FeedbackConvTransposeFunction.apply(*args, feedback)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,6 +647,51 @@ def conv_transpose2d(
     return _conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
+def conv_feedback(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple | str = 0,
+    dilation: _IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    feedback: Tensor,
+) -> Tensor:
+    """``conv1d``/``2d``/``3d`` (by ``weight``'s dimension) whose BP2 folds back ``δ feedback``
+    (:class:`FeedbackConvFunction`): ``feedback`` has the kernel's shape and stands in for it."""
+    d = weight.dim() - 2 if isinstance(weight, Tensor) else 0
+    if d not in (1, 2, 3):
+        raise ValueError(
+            f"conv_feedback expected a 3-D to 5-D weight (C_out, C_in/groups, *K), got {d + 2}-D"
+        )
+    return _conv(d, input, weight, bias, stride, padding, dilation, groups, feedback)
+
+
+def conv_transpose_feedback(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: _IntOrTuple = 1,
+    padding: _IntOrTuple = 0,
+    output_padding: _IntOrTuple = 0,
+    groups: int = 1,
+    dilation: _IntOrTuple = 1,
+    *,
+    feedback: Tensor,
+) -> Tensor:
+    """``conv_transpose1d``/``2d`` whose BP2 reads ``feedback`` (the kernel's shape) in place of
+    the kernel (:class:`FeedbackConvTransposeFunction`)."""
+    d = weight.dim() - 2 if isinstance(weight, Tensor) else 0
+    if d not in (1, 2):
+        raise ValueError(
+            f"conv_transpose_feedback expected a 3-D or 4-D weight (C_in, C_out/groups, *K), got {d + 2}-D"
+        )
+    return _conv_transpose(
+        d, input, weight, bias, stride, padding, output_padding, groups, dilation, feedback
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------
@@ -569,15 +700,27 @@ def conv_transpose2d(
 class _ConvForward:
     """``_conv_forward`` of the drop-in conv modules (what ``torch.nn``'s ``forward`` calls)."""
 
-    _manual: Any
+    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``δ W``
+    feedback_rule = "backprop"
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.feedback_rule == "backprop":
+            return self.manual_forward(input, weight, bias, None)
+        from manual_bp.feedback import feedback_forward
+
+        return feedback_forward(self, input, weight, bias)
+
+    def manual_forward(
+        self, input: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor | None
+    ) -> Tensor:
+        """The layer with BP2 through ``feedback`` (``weight`` itself when ``None``)."""
         m: Any = self
+        d = len(m.kernel_size)
         if m.padding_mode != "zeros":
             # as native: the mode's padding first, then the convolution without padding
             padded = pad(input, m._reversed_padding_repeated_twice, m.padding_mode)
-            return type(self)._manual(padded, weight, bias, m.stride, 0, m.dilation, m.groups)
-        return type(self)._manual(input, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+            return _conv(d, padded, weight, bias, m.stride, 0, m.dilation, m.groups, feedback)
+        return _conv(d, input, weight, bias, m.stride, m.padding, m.dilation, m.groups, feedback)
 
 
 class Conv1d(_ConvForward, nn.Conv1d):
@@ -590,7 +733,6 @@ class Conv1d(_ConvForward, nn.Conv1d):
     """
 
     __module__ = "manual_bp.modules"
-    _manual = staticmethod(conv1d)
 
 
 class Conv2d(_ConvForward, nn.Conv2d):
@@ -603,7 +745,6 @@ class Conv2d(_ConvForward, nn.Conv2d):
     """
 
     __module__ = "manual_bp.modules"
-    _manual = staticmethod(conv2d)
 
 
 class Conv3d(_ConvForward, nn.Conv3d):
@@ -616,24 +757,49 @@ class Conv3d(_ConvForward, nn.Conv3d):
     """
 
     __module__ = "manual_bp.modules"
-    _manual = staticmethod(conv3d)
 
 
 class _ConvTransposeForward:
     """``forward`` of the drop-in transposed conv modules (``torch.nn``'s, with the manual function)."""
 
-    _manual: Any
     _dims: int
+    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``W``
+    feedback_rule = "backprop"
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         m: Any = self
         if m.padding_mode != "zeros":
             raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        if self.feedback_rule == "backprop":
+            return self.manual_forward(input, m.weight, m.bias, None, output_size)
+        from manual_bp.feedback import feedback_forward
+
+        return feedback_forward(self, input, m.weight, m.bias, output_size)
+
+    def manual_forward(
+        self,
+        input: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        feedback: Tensor | None,
+        output_size: list[int] | None = None,
+    ) -> Tensor:
+        """The layer with BP2 through ``feedback`` (``weight`` itself when ``None``)."""
+        m: Any = self
         output_padding = m._output_padding(
             input, output_size, m.stride, m.padding, m.kernel_size, self._dims, m.dilation
         )
-        return type(self)._manual(
-            input, m.weight, m.bias, m.stride, m.padding, output_padding, m.groups, m.dilation
+        return _conv_transpose(
+            self._dims,
+            input,
+            weight,
+            bias,
+            m.stride,
+            m.padding,
+            output_padding,
+            m.groups,
+            m.dilation,
+            feedback,
         )
 
 
@@ -648,7 +814,6 @@ class ConvTranspose1d(_ConvTransposeForward, nn.ConvTranspose1d):
     """
 
     __module__ = "manual_bp.modules"
-    _manual = staticmethod(conv_transpose1d)
     _dims = 1
 
 
@@ -663,7 +828,6 @@ class ConvTranspose2d(_ConvTransposeForward, nn.ConvTranspose2d):
     """
 
     __module__ = "manual_bp.modules"
-    _manual = staticmethod(conv_transpose2d)
     _dims = 2
 
 
@@ -798,6 +962,7 @@ CONV_OPS: tuple[Op, ...] = (
             modules=((native, module),),
             torch_functions=(_CONV[d], getattr(torch, f"conv{d}d")),
             formula=_CONV_FORMULA,
+            feedback=conv_feedback,
         )
         for d, fn, native, module in (
             (1, conv1d, nn.Conv1d, Conv1d),
@@ -815,6 +980,7 @@ CONV_OPS: tuple[Op, ...] = (
             modules=((native, module),),
             torch_functions=(_CONV_TRANSPOSE[d], getattr(torch, f"conv_transpose{d}d")),
             formula=_CONV_TRANSPOSE_FORMULA,
+            feedback=conv_transpose_feedback,
         )
         for d, fn, native, module in (
             (1, conv_transpose1d, nn.ConvTranspose1d, ConvTranspose1d),

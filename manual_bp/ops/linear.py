@@ -14,13 +14,14 @@ from manual_bp._function import (
     ManualFunction,
     autocast_cast,
     autocast_dtype,
+    check_feedback,
     check_floating,
     check_same,
 )
 from manual_bp._torch_private import autocast_on
 from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
 
-__all__ = ["LINEAR_OPS", "Linear", "LinearFunction", "linear"]
+__all__ = ["LINEAR_OPS", "FeedbackLinearFunction", "Linear", "LinearFunction", "linear", "linear_feedback"]
 
 
 class LinearFunction(ManualFunction):
@@ -66,6 +67,33 @@ class LinearFunction(ManualFunction):
         return grad_input, grad_weight, grad_bias
 
 
+class FeedbackLinearFunction(LinearFunction):
+    r"""``y = x Wᵀ + b`` whose BP2 multiplies δ by a feedback matrix ``B`` (W's shape) instead of ``W``.
+
+    .. math::
+        \delta_x = \delta B, \quad
+        \frac{\partial c}{\partial W} = \delta^\top x, \quad
+        \frac{\partial c}{\partial b} = \textstyle\sum_{\text{rows}} \delta
+
+    The feedback rules of :mod:`manual_bp.feedback` (feedback alignment, sign symmetry) change only
+    BP2, so this is :class:`LinearFunction` with ``B`` kept where it keeps ``W``: its backward is the
+    same written-out formula, read with ``B``. ``B`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:  # type: ignore[override]
+        return F.linear(input, weight, bias)  # FF: (*, D_in) @ (D_in, D_out) -> (*, D_out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, _, bias, feedback = inputs
+        LinearFunction.setup_context(ctx, (input, feedback, bias), output)  # B where W would be
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (*LinearFunction.backward(ctx, grad_output), None)  # BP2: δ B; BP3 unchanged
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias`` with the explicit backward of :class:`LinearFunction`.
 
@@ -83,6 +111,27 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is not None:
         check_same("bias", bias, "weight", weight)
     return LinearFunction.apply(input, weight, bias)
+
+
+def linear_feedback(input: Tensor, weight: Tensor, bias: Tensor | None = None, *, feedback: Tensor) -> Tensor:
+    """:func:`linear` whose BP2 is ``δ feedback`` (:class:`FeedbackLinearFunction`): the input's
+    gradient goes back through ``feedback``, a tensor of ``weight``'s shape, instead of ``weight``.
+
+    >>> import torch
+    >>> w = torch.randn(2, 3, requires_grad=True)
+    >>> linear_feedback(torch.randn(4, 3), w, feedback=torch.randn(2, 3)).grad_fn.name()
+    'FeedbackLinearFunctionBackward'
+    """
+    _check_linear(input, weight, bias)
+    check_feedback(feedback, weight)
+    cast = autocast_dtype(input)
+    if cast is not None:
+        input, weight, bias, feedback = (autocast_cast(t, cast) for t in (input, weight, bias, feedback))  # type: ignore[assignment]
+    check_same("input", input, "weight", weight)
+    if bias is not None:
+        check_same("bias", bias, "weight", weight)
+    check_same("feedback", feedback, "weight", weight)
+    return FeedbackLinearFunction.apply(input, weight, bias, feedback)
 
 
 def _linear_args_ok(input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
@@ -136,8 +185,23 @@ class Linear(nn.Linear):
 
     __module__ = "manual_bp.modules"  # its public home (the drop-in layers)
 
+    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``δ W``
+    feedback_rule = "backprop"
+
     def forward(self, input: Tensor) -> Tensor:
-        return linear(input, self.weight, self.bias)
+        if self.feedback_rule == "backprop":
+            return linear(input, self.weight, self.bias)
+        from manual_bp.feedback import feedback_forward
+
+        return feedback_forward(self, input, self.weight, self.bias)
+
+    def manual_forward(
+        self, input: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor | None
+    ) -> Tensor:
+        """The layer with BP2 through ``feedback`` (``weight`` itself when ``None``)."""
+        if feedback is None:
+            return linear(input, weight, bias)
+        return linear_feedback(input, weight, bias, feedback=feedback)
 
 
 def _samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
@@ -167,6 +231,7 @@ LINEAR_OPS: tuple[Op, ...] = (
         LinearFunction,
         modules=((nn.Linear, Linear),),
         torch_functions=(F.linear,),
+        feedback=linear_feedback,
         formula=(
             r"BP2: $\delta_x = \delta W$; BP3: $\partial c/\partial W = \delta^\top x$, "
             r"$\partial c/\partial b = \sum_{\text{rows}} \delta$"

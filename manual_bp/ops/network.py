@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from manual_bp.ops.losses import HalfSquaredErrorFunction, half_squared_error_re
 
 __all__ = [
     "NETWORK_OPS",
+    "Feedback",
     "Layer",
     "MLPFunction",
     "MLPLossFunction",
@@ -59,6 +60,15 @@ __all__ = [
 
 #: One layer of the loop: ``(W_n, b_n or None, f)``; ``f`` is applied to its output ``x_{n+1}``.
 Layer = tuple[Tensor, Tensor | None, Elementwise]
+
+
+class Feedback(NamedTuple):
+    """A feedback rule's BP2 for the seed's loop (:mod:`manual_bp.feedback`): per layer the matrix
+    ``B_n`` that BP2 multiplies by instead of ``W_n``, and whether it multiplies the output error
+    ``e = δ_N`` (direct feedback alignment) rather than the layer's own ``δ_{n+1}``."""
+
+    matrices: Sequence[Tensor]
+    direct: bool = False
 
 
 def feedforward(
@@ -101,6 +111,7 @@ def backprop(
     owned: bool = False,
     extra_y: Sequence[Tensor | None] | None = None,
     extra_x: Sequence[Tensor | None] | None = None,
+    feedback: Feedback | None = None,
 ) -> Tensor | None:
     """BP1, BP2 and BP3 from the top layer down to layer ``lowest``.
 
@@ -119,11 +130,16 @@ def backprop(
         owned: ``g`` is a temporary the caller hands over (each ``g`` below is the loop's own).
         extra_y, extra_x: per layer, gradients reaching ``y_{n+1}`` / ``x_{n+1}`` from elsewhere
             (the fused Function returns them as outputs so that double backward sees them).
+        feedback: a feedback rule's BP2 (:class:`Feedback`): ``g = δ_{n+1} B_n``, or ``e B_n`` with
+            the output error ``e = δ_N`` for direct feedback alignment; ``None``: the seed's
+            ``δ_{n+1} W_n``.
 
     Returns:
         ``∂c/∂y_0`` if ``input_grad``, else ``None``.
     """
-    for n in range(len(layers) - 1, lowest - 1, -1):
+    top = len(layers) - 1
+    error = None  # δ_N, the output error (what every layer's BP2 starts from under dfa)
+    for n in range(top, lowest - 1, -1):
         weight, _, act = layers[n]
         if extra_y is not None and extra_y[n] is not None:  # y_{n+1} is used elsewhere too
             g, owned = (extra_y[n], False) if g is None else (g + extra_y[n], True)
@@ -134,8 +150,13 @@ def backprop(
         if delta is None:  # nothing flows into this layer
             g = None
             continue
+        if n == top:
+            error = delta
+        source, matrix = delta, weight
+        if feedback is not None:  # a rule's B_n; dfa: from the output error e
+            source, matrix = (error if feedback.direct else delta), feedback.matrices[n]
         # BP2, linear half: δ_{n+1} W_n; (M, D_{n+1}) @ (D_{n+1}, D_n) -> (M, D_n)
-        g, owned = delta.mm(weight) if n > lowest or input_grad else None, True
+        g, owned = source.mm(matrix) if (n > lowest or input_grad) and source is not None else None, True
         bp3(n, delta)  # BP3: ∂c/∂W_n = δ_{n+1}ᵀ y_n, ∂c/∂b_n = Σ_rows δ_{n+1}
     return g if input_grad else None
 
@@ -159,11 +180,12 @@ class _Net:
     :func:`_fused_backward` its outputs' gradients rearranged into this layout.
     """
 
-    __slots__ = ("acts", "depth", "extra", "has_bias", "nones", "plan", "pos", "step")
+    __slots__ = ("acts", "depth", "direct", "extra", "has_bias", "nones", "plan", "pos", "size", "step")
 
-    def __init__(self, acts: tuple[Elementwise, ...], has_bias: bool) -> None:
-        self.acts, self.has_bias, self.depth = acts, has_bias, len(acts)
+    def __init__(self, acts: tuple[Elementwise, ...], has_bias: bool, direct: bool = False) -> None:
+        self.acts, self.has_bias, self.depth, self.direct = acts, has_bias, len(acts), direct
         self.step = 2 if has_bias else 1
+        self.size = self.step * self.depth  # the number of parameters; feedback matrices come after
         self.nones = (None,) * len(acts)  # the biases of a network without them
         plan = [_Y if act.from_output else _X for act in acts]
         if isinstance(acts[-1], Identity):
@@ -192,12 +214,12 @@ class _Net:
         return tuple(zip(params, self.nones, self.acts, strict=True))  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return f"_Net(acts={[str(a) for a in self.acts]}, has_bias={self.has_bias})"
+        return f"_Net(acts={[str(a) for a in self.acts]}, has_bias={self.has_bias}, direct={self.direct})"
 
 
 @lru_cache(maxsize=256)
-def _net(acts: tuple[Elementwise, ...], has_bias: bool) -> _Net:
-    return _Net(acts, has_bias)
+def _net(acts: tuple[Elementwise, ...], has_bias: bool, direct: bool = False) -> _Net:
+    return _Net(acts, has_bias, direct)
 
 
 class MLPFunction(ManualFunction):
@@ -205,7 +227,9 @@ class MLPFunction(ManualFunction):
 
     ``apply(input, net, *params)``: ``input (M, D_0)``; ``net`` a :class:`_Net` (from
     ``_net(acts, has_bias)``); ``params`` is ``W_0, b_0, W_1, b_1, …`` (``W_0, W_1, …`` without
-    bias). Returns ``(y_N, *saved)``: the network output and the tensors backward needs (``y_n``
+    bias), optionally followed by a feedback rule's ``B_0, …, B_{N−1}``, which BP2 then multiplies
+    by instead of the weights (:mod:`manual_bp.feedback`; ``net.direct`` for dfa).
+    Returns ``(y_N, *saved)``: the network output and the tensors backward needs (``y_n``
     or ``x_n`` per layer, see :class:`_Net`). They are outputs rather than hidden intermediates so
     that double backward differentiates through them; :func:`mlp` returns ``y_N`` alone.
 
@@ -218,7 +242,7 @@ class MLPFunction(ManualFunction):
         plan, extra = net.plan, net.extra
         saved = []
         y = input
-        for n, (x, y) in enumerate(feedforward(net.layers(params), input)):  # FF
+        for n, (x, y) in enumerate(feedforward(net.layers(params[: net.size]), input)):  # FF
             if plan[n] == _X:
                 saved.append(x)  # x kept for f′
             elif plan[n] == _Y and extra[n]:
@@ -230,7 +254,7 @@ class MLPFunction(ManualFunction):
         input, net, *params = inputs
         y_n = output[:1] if net.plan[-1] == _Y else ()  # y_N, if f′ of the output layer needs it
         ctx.save_for_backward(input, *_weights(ctx, params, net), *output[1:], *y_n)
-        ctx.net = net
+        ctx.net, ctx.feedback = net, (None,) * (len(params) - net.size)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -238,14 +262,15 @@ class MLPFunction(ManualFunction):
         graph = not in_place_ok(next((g for g in grads_out if g is not None), None))
         needs = ctx.needs_input_grad
         grad_input, grads = _fused_backward(ctx.net, ctx.saved_tensors, needs[0], needs[2:], grads_out, graph)
-        return (grad_input, None, *grads)
+        return (grad_input, None, *grads, *ctx.feedback)
 
 
 def _weights(ctx: Any, params: Sequence[Tensor], net: _Net) -> list[Tensor | None]:
-    """The weights backward needs: all but ``W_0``, which only ``∂c/∂y_0 = δ_1 W_0`` uses, so it is
-    kept only when the input needs a gradient (a placeholder otherwise). The weights are the
-    caller's parameters and cost nothing to keep, except under autocast, where they are casts."""
-    weights: list[Tensor | None] = list(params[:: net.step])
+    """The matrices BP2 multiplies by: the weights, or a feedback rule's ``B_n`` where given (after
+    the parameters). All but the first, which only ``∂c/∂y_0 = δ_1 W_0`` uses, so it is kept only
+    when the input needs a gradient (a placeholder otherwise). The weights are the caller's
+    parameters and cost nothing to keep, except under autocast, where they are casts."""
+    weights: list[Tensor | None] = list(params[net.size :]) or list(params[:: net.step])
     if not ctx.needs_input_grad[0]:
         weights[0] = None
     return weights
@@ -262,7 +287,8 @@ def _fused_backward(
 ) -> tuple[Tensor | None, list[Tensor | None]]:
     """:func:`backprop` on :class:`MLPFunction`'s saved tensors.
 
-    ``saved`` is ``(input, W_0, …, W_{N−1}, outputs[1:], [y_N])`` (see :class:`_Net`); ``needs[i]``
+    ``saved`` is ``(input, W_0, …, W_{N−1}, outputs[1:], [y_N])`` (see :class:`_Net`; a feedback
+    rule's ``B_n`` in the place of the ``W_n``, which BP2 alone reads); ``needs[i]``
     says whether parameter ``i`` needs a gradient; ``grads_out`` is ``(∂c/∂y_N, *grads of the extra
     outputs)``; ``owned``: ``∂c/∂y_N`` is the caller's temporary. Returns the input's gradient and
     the parameters' (``None`` where not needed).
@@ -294,8 +320,20 @@ def _fused_backward(
             grads[i + 1] = delta.sum(0)  # BP3: ∂c/∂b_n = Σ_rows δ_{n+1}
 
     layers = tuple(zip(saved[1 : 1 + depth], net.nones, acts, strict=True))  # (the biases are not needed)
+    # dfa: the saved B_n (in the weights' places) multiply the output error
+    direct = Feedback(saved[1 : 1 + depth], direct=True) if net.direct else None
     grad_input = backprop(
-        layers, kept, grads_out[0], bp3, lowest, needs_input, graph, owned, extra_y, extra_x
+        layers,
+        kept,
+        grads_out[0],
+        bp3,
+        lowest,
+        needs_input,
+        graph,
+        owned,
+        extra_y,
+        extra_x,
+        direct,
     )
     return grad_input, grads
 
@@ -334,6 +372,7 @@ class MLPLossFunction(ManualFunction):
         # MLPFunction's layout (input, W_0.., extras, [y_N]), then the target
         ctx.save_for_backward(input, *_weights(ctx, params, net), *extras, *output[-1:][:keep_y], target)
         ctx.net, ctx.reduction, ctx.keep_y = net, reduction, keep_y
+        ctx.feedback = (None,) * (len(params) - net.size)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -362,7 +401,7 @@ class MLPLossFunction(ManualFunction):
             g = g_y if g is None else g + g_y
         owned = g is not g_y  # a temporary of ours, not the incoming gradient
         grad_input, grads = _fused_backward(net, saved, needs[0], needs[4:], (g, *grads_out), graph, owned)
-        return (grad_input, grad_target, None, None, *grads)
+        return (grad_input, grad_target, None, None, *grads, *ctx.feedback)
 
 
 # --------------------------------------------------------------------------------------------

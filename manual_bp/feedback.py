@@ -1,0 +1,461 @@
+r"""Feedback rules: what BP2 multiplies δ by, for researchers who change the backward.
+
+The seed's BP2 hands the layer below ``δ_{n+1} W_n`` (``W_nᵀ δ_{n+1}`` in its column notation). A
+feedback rule replaces only that matrix; BP3 keeps each layer's own ``δ_{n+1}`` and input,
+``∂c/∂W_n = δ_{n+1}ᵀ y_n``:
+
+===========  ============================================  ===================================
+rule         BP2 (what layer ``n`` hands down)             ``B_n``
+===========  ============================================  ===================================
+``backprop`` ``δ_{n+1} W_n``                               (the weight itself)
+``fa``       ``δ_{n+1} B_n``                               fixed random, ``W_n``'s shape
+``dfa``      ``e B_n``, ``e = ∂c/∂x_N`` the output error   fixed random, ``(D_N, D_n)``
+``sign``     ``δ_{n+1} sign(W_n)``                         the current ``W_n``'s signs
+``brsf``     ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` redrawn every training batch
+``frsf``     ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` drawn once
+===========  ============================================  ===================================
+
+References: feedback alignment (Lillicrap et al. 2016), direct feedback alignment (Nøkland 2016),
+sign-concordant feedback (Liao et al. 2016; Moskovitz et al. 2018).
+
+Each layer's random matrix (``B_n`` of ``fa`` and ``dfa``, ``R`` of ``brsf``/``frsf``) is a
+buffer named ``feedback_weight``, so ``state_dict``, checkpoints and resume keep it. It is drawn
+as ``torch.nn`` draws a weight of its shape, Kaiming-uniform ``U(−1/√fan_in, 1/√fan_in)``, times
+``scale``, from a generator seeded by ``seed`` and the layer's name in the model: the same on every
+process of a DDP run, and independent of the global random state. ``brsf`` counts its draws in a
+second buffer, ``feedback_draws`` (draw ``k`` is seeded by the seed, the name and ``k``), so that
+a resumed run draws what an uninterrupted one would.
+
+Where the rules run: :func:`set_feedback` (``manual_bp.convert(model, feedback=...)`` calls it)
+sets a rule on every manual ``Linear``, ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d`` of a model;
+:class:`manual_bp.MLP` and the engine take ``feedback=`` and run the rule inside the seed's loop
+(:func:`manual_bp.ops.network.backprop`). The per-layer Functions are
+:class:`~manual_bp.ops.linear.FeedbackLinearFunction` and its conv twins (``fa``, ``sign``,
+``brsf``, ``frsf``: the layer's own backward, reading ``B_n`` where it reads ``W_n``) and, for
+``dfa``, :class:`DirectFeedbackFunction` around the layer, with the output error captured at the
+model's output by :class:`OutputErrorFunction`.
+
+A rule's update is not a gradient: ``gradcheck`` applies to ``"backprop"`` only, and
+``manual-bp check --feedback RULE`` compares each rule with its own update written out with native
+ops. :func:`weight_alignment` and :func:`gradient_alignment` measure how far a rule is from
+backprop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from manual_bp._function import ManualFunction
+from manual_bp.ops.conv import _ConvForward, _ConvTransposeForward
+from manual_bp.ops.linear import Linear
+
+__all__ = [
+    "RULES",
+    "DirectFeedbackFunction",
+    "clear_feedback",
+    "OutputErrorFunction",
+    "bp2_matrices",
+    "feedback_layers",
+    "feedback_matrix",
+    "gradient_alignment",
+    "set_feedback",
+    "use_backprop",
+    "weight_alignment",
+]
+
+#: The rules, ``"backprop"`` (the seed's BP2) first.
+RULES: tuple[str, ...] = ("backprop", "fa", "dfa", "sign", "brsf", "frsf")
+
+#: The layers a rule applies to: their backward has a BP2 through a weight.
+_LAYERS = (Linear, _ConvForward, _ConvTransposeForward)
+
+_DRAWN = ("fa", "dfa", "brsf", "frsf")  # rules with a random feedback_weight buffer
+_frozen = [False]  # inside gradient_alignment: brsf does not redraw R
+
+
+# --------------------------------------------------------------------------------------------
+# Setting a rule
+# --------------------------------------------------------------------------------------------
+
+
+def check_rule(rule: Any, scale: Any = 1.0, seed: Any = 0) -> None:
+    """Raise a clear error for a rule, scale or seed :func:`set_feedback` cannot take."""
+    if rule not in RULES:
+        raise ValueError(f"feedback must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"feedback_scale must be a real number, got {type(scale).__name__}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"feedback_scale must be positive and finite, got {scale}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"feedback_seed must be an int, got {type(seed).__name__}")
+
+
+def feedback_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``(name, layer)`` pairs of ``model`` whose BP2 a rule changes: manual ``Linear`` and
+    convolution layers (``convert`` first to make a model's ``torch.nn`` layers manual)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+
+
+def set_feedback(
+    model: nn.Module,
+    rule: str = "fa",
+    scale: float = 1.0,
+    seed: int = 0,
+    output_size: int | None = None,
+) -> nn.Module:
+    """Set the feedback rule of every manual ``Linear`` and convolution of ``model``, in place.
+
+    Args:
+        model: a model whose layers are manual (:func:`manual_bp.convert`, :class:`manual_bp.MLP`).
+        rule: one of :data:`RULES`; ``"backprop"`` removes a rule (and its buffers).
+        scale: the factor on the random feedback matrices (and on ``sign(W)`` for ``"sign"``).
+        seed: seeds every layer's matrix together with the layer's name.
+        output_size: for ``"dfa"``, the width ``D_N`` of the model's output, if known: the
+            ``(D_N, D_n)`` matrices of ``Linear`` layers are then drawn at once. Otherwise (and always
+            for convolutions, whose ``D_n`` is the flattened input ``C·H·W``) each is drawn after the
+            first forward, when the shapes are known. ``dfa`` takes the error ``e`` at ``model``'s
+            output, which must be one tensor with the batch first.
+
+    Returns:
+        ``model``.
+
+    >>> import torch, manual_bp
+    >>> nn = torch.nn
+    >>> net = manual_bp.convert(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)))
+    >>> _ = set_feedback(net, "fa", seed=1)
+    >>> [name for name, _ in net.named_buffers()]
+    ['0.feedback_weight', '2.feedback_weight']
+    >>> net(torch.randn(5, 4)).grad_fn.name()
+    'FeedbackLinearFunctionBackward'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"set_feedback expected a torch.nn.Module, got {type(model).__name__}")
+    check_rule(rule, scale, seed)
+    layers = feedback_layers(model)
+    if rule != "backprop" and not layers:
+        native = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        hint = f" (its torch.nn layers {native[:3]} are native: manual_bp.convert it first)" if native else ""
+        raise ValueError(
+            f"feedback={rule!r}: {type(model).__name__} has no manual Linear or convolution layer{hint}"
+        )
+    hub = _Hub() if rule == "dfa" else None
+    for name, layer in layers:
+        _set_layer(layer, rule, scale, _seed(seed, name), output_size if isinstance(layer, Linear) else None)
+        layer._feedback_hub = hub
+    _remove_output_hook(model)
+    if hub is not None:
+        model._feedback_hub = hub
+        if not getattr(model, "routes_output_error", False):  # (an MLP routes its own output)
+            hub.handle = model.register_forward_hook(_capture_output)
+    return model
+
+
+def clear_feedback(layer: nn.Module) -> None:
+    """Remove a layer's rule and its buffers (what ``revert`` does to every layer)."""
+    if isinstance(layer, _LAYERS):
+        _set_layer(layer, "backprop", 1.0, 0, None)
+        layer.__dict__.pop("_feedback_hub", None)
+    _remove_output_hook(layer)
+
+
+def _seed(seed: int, name: str) -> int:
+    """A 63-bit seed from ``seed`` and a layer's name (distinct layers, distinct matrices)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _draw(shape: tuple[int, ...], scale: float, seed: int, like: Tensor) -> Tensor:
+    """``U(−b, b)`` with ``b = scale/√fan_in`` (``fan_in = prod(shape[1:])``: ``torch.nn``'s
+    Kaiming-uniform for a weight of this shape), drawn in float64 on the CPU from a generator seeded
+    with ``seed`` (the same numbers on every device and process), then cast like ``like``."""
+    generator = torch.Generator().manual_seed(seed)
+    fan_in = math.prod(shape[1:])
+    bound = scale / math.sqrt(fan_in) if fan_in else 0.0
+    values = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    return values.to(dtype=like.dtype, device=like.device)
+
+
+def _set_layer(layer: Any, rule: str, scale: float, seed: int, output_size: int | None) -> None:
+    for name in ("feedback_weight", "feedback_draws"):
+        layer._buffers.pop(name, None)
+    for name in ("feedback_rule", "feedback_scale", "feedback_seed", "_dfa_input_shape"):
+        layer.__dict__.pop(name, None)
+    hooks = layer._load_state_dict_pre_hooks
+    for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is _make_room]:
+        del hooks[key]
+    if rule == "backprop":
+        return
+    layer.feedback_rule, layer.feedback_scale, layer.feedback_seed = rule, float(scale), seed
+    weight = layer.weight
+    if rule in ("fa", "brsf", "frsf"):
+        layer.register_buffer("feedback_weight", _draw(tuple(weight.shape), scale, seed, weight))
+    elif rule == "dfa":
+        shape = None if output_size is None else (output_size, weight.shape[1])
+        layer.register_buffer("feedback_weight", None if shape is None else _draw(shape, scale, seed, weight))
+    if rule == "brsf":
+        layer.register_buffer("feedback_draws", torch.zeros((), dtype=torch.int64, device=weight.device))
+    layer.register_load_state_dict_pre_hook(_make_room)
+
+
+def _make_room(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Before ``load_state_dict``: a ``dfa`` matrix not drawn yet (no forward so far) takes the
+    shape of the one being loaded."""
+    key = prefix + "feedback_weight"
+    if (
+        key in state_dict
+        and "feedback_weight" in module._buffers
+        and module._buffers["feedback_weight"] is None
+    ):
+        module._buffers["feedback_weight"] = torch.empty_like(state_dict[key], device=module.weight.device)
+
+
+# --------------------------------------------------------------------------------------------
+# The forward of a layer with a rule, and the matrix its BP2 reads
+# --------------------------------------------------------------------------------------------
+
+
+def feedback_matrix(layer: Any, weight: Tensor) -> Tensor:
+    """The ``B_n`` a layer's BP2 multiplies δ by under its rule (the weight's shape; for ``dfa`` the
+    ``(D_N, D_n)`` matrix that multiplies the output error). Never differentiated."""
+    rule = layer.feedback_rule
+    if rule == "backprop":
+        return weight
+    if rule in ("fa", "dfa"):
+        matrix = layer.feedback_weight
+        if matrix is None:
+            raise RuntimeError(
+                "feedback='dfa': this layer's matrix B_n is drawn after the model's first forward "
+                "(when the output width is known); run a forward first"
+            )
+        return matrix
+    signs = weight.detach().sign()
+    if rule == "sign":
+        return signs * layer.feedback_scale if layer.feedback_scale != 1.0 else signs
+    return layer.feedback_weight.abs() * signs  # brsf, frsf: |R| ⊙ sign(W)
+
+
+def bp2_matrices(layers: Any, new_batch: bool) -> list[Tensor]:
+    """Each layer's ``B_n`` (:func:`feedback_matrix`) for the step about to run; with
+    ``new_batch``, a ``brsf`` layer first draws its ``R`` for this batch."""
+    if new_batch and not _frozen[0]:
+        for layer in layers:
+            if layer.feedback_rule == "brsf":
+                _redraw(layer)
+    return [feedback_matrix(layer, layer.weight) for layer in layers]
+
+
+def _redraw(layer: Any) -> None:
+    """brsf: a new ``R`` for this batch (draw ``k`` seeded by the layer's seed and ``k``)."""
+    draws = layer.feedback_draws
+    with torch.no_grad():
+        seed = _seed(layer.feedback_seed, str(int(draws)))
+        layer.feedback_weight.copy_(
+            _draw(tuple(layer.weight.shape), layer.feedback_scale, seed, layer.weight)
+        )
+        draws.add_(1)
+
+
+def feedback_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | None, *extra: Any) -> Tensor:
+    """The forward of a manual layer whose rule is not ``"backprop"`` (its ``forward`` calls this)."""
+    rule = layer.feedback_rule
+    if rule == "dfa":
+        out = layer.manual_forward(input.detach(), weight, bias, None, *extra)  # BP3 only
+        if not (input.requires_grad and torch.is_grad_enabled()):
+            return out
+        if layer.feedback_weight is None:
+            layer._dfa_input_shape = tuple(input.shape[1:])  # B_n drawn once the output is known
+        return DirectFeedbackFunction.apply(out, input, layer._feedback_hub, layer)
+    if rule == "brsf" and layer.training and torch.is_grad_enabled() and not _frozen[0]:
+        _redraw(layer)  # a training batch: a new R
+    return layer.manual_forward(input, weight, bias, feedback_matrix(layer, weight), *extra)
+
+
+# --------------------------------------------------------------------------------------------
+# Direct feedback alignment: the output error, and BP2 from it
+# --------------------------------------------------------------------------------------------
+
+
+class _Hub:
+    """What the layers of one model under ``dfa`` share: the output error ``e`` of the last backward."""
+
+    def __init__(self) -> None:
+        self.error: Tensor | None = None
+        self.handle: Any = None
+
+
+class OutputErrorFunction(ManualFunction):
+    """The identity on a model's output; its backward records ``e = ∂c/∂output`` (rows: samples) for
+    the ``dfa`` layers below and passes it on unchanged. It runs before any layer's backward: every
+    layer of the model lies upstream of the output."""
+
+    @staticmethod
+    def forward(output: Tensor, hub: _Hub) -> Tensor:
+        return output
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.hub = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        ctx.hub.error = grad_output.detach().reshape(grad_output.shape[0], -1)  # e: (M, *) -> (M, D_N)
+        return grad_output, None
+
+
+class DirectFeedbackFunction(ManualFunction):
+    """Direct feedback alignment around one layer: ``apply(out, input, hub, layer)`` returns the
+    layer's output ``out`` (computed from the detached input, so the layer's own backward does BP3
+    only) and hands ``out``'s δ to it unchanged; the input's gradient is ``e B_n`` instead of
+    ``δ W_n``:
+
+    .. math::
+        \\frac{\\partial c}{\\partial y_n} := e\\, B_n, \\qquad e = \\frac{\\partial c}{\\partial x_N}
+
+    with ``B_n`` the layer's ``feedback_weight`` ``(D_N, D_n)``, ``D_n`` the flattened input
+    per sample.
+    """
+
+    @staticmethod
+    def forward(out: Tensor, input: Tensor, hub: _Hub, layer: Any) -> Tensor:
+        return out
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, input, hub, layer = inputs
+        ctx.hub, ctx.layer, ctx.input_shape, ctx.input_dtype = hub, layer, input.shape, input.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        grad_input = None
+        if ctx.needs_input_grad[1]:
+            error, matrix = ctx.hub.error if ctx.hub is not None else None, ctx.layer.feedback_weight
+            if error is None:
+                raise RuntimeError(
+                    "feedback='dfa': no output error was recorded; the loss must be computed from the "
+                    "output of the model that set_feedback was called on"
+                )
+            if error.shape[0] != ctx.input_shape[0] or matrix is None:
+                raise RuntimeError(
+                    f"feedback='dfa': the output error has {error.shape[0]} rows but this layer's input "
+                    f"has shape {tuple(ctx.input_shape)}: dfa needs every layer's input batch-first, "
+                    "with the model's batch"
+                )
+            # BP2 (DFA): ∂c/∂y_n = e B_n; (M, D_N) @ (D_N, D_n) -> (M, D_n) -> the input's shape
+            grad_input = (error.to(matrix.dtype) @ matrix).view(ctx.input_shape).to(ctx.input_dtype)
+        return grad_output, grad_input, None, None
+
+
+def _capture_output(model: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook of a model under ``dfa``: draws the matrices still missing (their shapes are
+    known now), and routes the output through :class:`OutputErrorFunction`."""
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"feedback='dfa' takes the error at the model's output, which must be one tensor; "
+            f"{type(model).__name__} returned {type(output).__name__}"
+        )
+    if output.dim() == 0:
+        raise ValueError("feedback='dfa' needs a batch-first model output, got a 0-d tensor")
+    width = output[0].numel()
+    for _, layer in feedback_layers(model):
+        shape = layer.__dict__.get("_dfa_input_shape")
+        if layer.feedback_rule == "dfa" and layer.feedback_weight is None and shape is not None:
+            layer.feedback_weight = _draw(
+                (width, math.prod(shape)), layer.feedback_scale, layer.feedback_seed, layer.weight
+            )
+    if output.requires_grad and torch.is_grad_enabled():
+        return OutputErrorFunction.apply(output, model._feedback_hub)
+    return output
+
+
+def _remove_output_hook(model: nn.Module) -> None:
+    hub = model.__dict__.pop("_feedback_hub", None)
+    if hub is not None and hub.handle is not None:
+        hub.handle.remove()
+
+
+def capture_output_error(hub: Any, output: Tensor) -> Tensor:
+    """``output`` through :class:`OutputErrorFunction` (what the ``dfa`` hook does), for a model
+    such as :class:`manual_bp.MLP` that routes its own output."""
+    if output.requires_grad and torch.is_grad_enabled():
+        return OutputErrorFunction.apply(output, hub)
+    return output
+
+
+# --------------------------------------------------------------------------------------------
+# Alignment: how far a rule is from backprop
+# --------------------------------------------------------------------------------------------
+
+
+def angle(a: Tensor, b: Tensor) -> float:
+    """The angle between two tensors taken as flat vectors, in degrees (NaN if one is zero)."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    norms = a.norm() * b.norm()
+    if norms == 0:
+        return math.nan
+    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / norms)))))
+
+
+@contextlib.contextmanager
+def use_backprop(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` with the seed's BP2 (``δ W``) in every layer for the duration, keeping each
+    layer's rule and matrices for afterwards."""
+    saved = [(layer, layer.__dict__.get("feedback_rule")) for _, layer in feedback_layers(model)]
+    try:
+        for layer, rule in saved:
+            if rule is not None:
+                layer.feedback_rule = "backprop"
+        yield
+    finally:
+        for layer, rule in saved:
+            if rule is not None:
+                layer.feedback_rule = rule
+
+
+def weight_alignment(model: nn.Module) -> dict[str, float]:
+    """Per layer with a rule, the angle in degrees between ``W_n`` and the ``B_n`` its BP2 uses
+    (0° is backprop). For ``dfa`` only where ``B_n`` has ``W_n``'s shape (the top layer)."""
+    out = {}
+    for name, layer in feedback_layers(model):
+        if layer.feedback_rule == "backprop" or layer._buffers.get("feedback_weight", 0) is None:
+            continue
+        matrix = feedback_matrix(layer, layer.weight)
+        if matrix.shape == layer.weight.shape:
+            out[name] = angle(layer.weight, matrix)
+    return out
+
+
+def gradient_alignment(model: nn.Module, loss_of: Callable[[], Tensor]) -> dict[str, float]:
+    """Per layer with a rule, the angle in degrees between the rule's ``∂c/∂W_n`` and backprop's, on
+    the same batch and weights.
+
+    ``loss_of()`` runs the model on the batch and returns the loss; it is called twice, with the
+    random state reset in between (dropout draws the same masks) and, the second time, under
+    :func:`use_backprop`. The gradients are taken with ``torch.autograd.grad``; ``.grad`` of the
+    parameters is not touched.
+    """
+    named = [(n, m) for n, m in feedback_layers(model) if m.feedback_rule != "backprop"]
+    if not named:
+        return {}
+    weights = [m.weight for _, m in named]
+    device = weights[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        state = torch.get_rng_state()
+        _frozen[0] = True
+        try:
+            rule = torch.autograd.grad(loss_of(), weights, allow_unused=True)
+        finally:
+            _frozen[0] = False
+        torch.set_rng_state(state)
+        with use_backprop(model):
+            true = torch.autograd.grad(loss_of(), weights, allow_unused=True)
+    return {
+        name: angle(r, t) if r is not None and t is not None else math.nan
+        for (name, _), r, t in zip(named, rule, true, strict=True)
+    }
