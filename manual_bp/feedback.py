@@ -32,8 +32,9 @@ sets a rule on every manual ``Linear``, ``Conv1d/2d/3d`` and ``ConvTranspose1d/2
 (:func:`manual_bp.ops.network.backprop`). The per-layer Functions are
 :class:`~manual_bp.ops.linear.FeedbackLinearFunction` and its conv twins (``fa``, ``sign``,
 ``brsf``, ``frsf``: the layer's own backward, reading ``B_n`` where it reads ``W_n``) and, for
-``dfa``, :class:`DirectFeedbackFunction` around the layer, with the output error captured at the
-model's output by :class:`OutputErrorFunction`.
+``dfa``, :class:`DirectFeedbackFunction` around the layer: the top layer (the last to run in the
+model's forward) records its δ, the output error ``e = ∂c/∂x_N``, and every layer hands down
+``e B_n``.
 
 A rule's update is not a gradient: ``gradcheck`` applies to ``"backprop"`` only, and
 ``manual-bp check --feedback RULE`` compares each rule with its own update written out with native
@@ -53,17 +54,16 @@ import torch
 from torch import Tensor, nn
 
 from manual_bp._function import ManualFunction
-from manual_bp.ops.conv import _ConvForward, _ConvTransposeForward
-from manual_bp.ops.linear import Linear
+from manual_bp.ops.linear import FeedbackLayer, Linear
 
 __all__ = [
     "RULES",
     "DirectFeedbackFunction",
     "clear_feedback",
-    "OutputErrorFunction",
     "bp2_matrices",
     "feedback_layers",
     "feedback_matrix",
+    "feedback_rules",
     "gradient_alignment",
     "set_feedback",
     "use_backprop",
@@ -74,7 +74,7 @@ __all__ = [
 RULES: tuple[str, ...] = ("backprop", "fa", "dfa", "sign", "brsf", "frsf")
 
 #: The layers a rule applies to: their backward has a BP2 through a weight.
-_LAYERS = (Linear, _ConvForward, _ConvTransposeForward)
+_LAYERS = FeedbackLayer
 
 _DRAWN = ("fa", "dfa", "brsf", "frsf")  # rules with a random feedback_weight buffer
 _frozen = [False]  # inside gradient_alignment: brsf does not redraw R
@@ -101,6 +101,11 @@ def feedback_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The ``(name, layer)`` pairs of ``model`` whose BP2 a rule changes: manual ``Linear`` and
     convolution layers (``convert`` first to make a model's ``torch.nn`` layers manual)."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+
+
+def feedback_rules(model: nn.Module) -> dict[str, str]:
+    """``{layer name: rule}`` for the layers of ``model`` whose rule is not ``"backprop"``."""
+    return {name: m.feedback_rule for name, m in feedback_layers(model) if m.feedback_rule != "backprop"}
 
 
 def set_feedback(
@@ -149,11 +154,11 @@ def set_feedback(
     for name, layer in layers:
         _set_layer(layer, rule, scale, _seed(seed, name), output_size if isinstance(layer, Linear) else None)
         layer._feedback_hub = hub
-    _remove_output_hook(model)
-    if hub is not None:
+    _remove_hooks(model)
+    if hub is not None:  # one forward of `model` is one dfa pass: its last layer is the top
         model._feedback_hub = hub
-        if not getattr(model, "routes_output_error", False):  # (an MLP routes its own output)
-            hub.handle = model.register_forward_hook(_capture_output)
+        model.register_forward_pre_hook(_start_pass)
+        model.register_forward_hook(_end_pass)
     return model
 
 
@@ -162,7 +167,7 @@ def clear_feedback(layer: nn.Module) -> None:
     if isinstance(layer, _LAYERS):
         _set_layer(layer, "backprop", 1.0, 0, None)
         layer.__dict__.pop("_feedback_hub", None)
-    _remove_output_hook(layer)
+    _remove_hooks(layer)
 
 
 def _seed(seed: int, name: str) -> int:
@@ -187,9 +192,6 @@ def _set_layer(layer: Any, rule: str, scale: float, seed: int, output_size: int 
         layer._buffers.pop(name, None)
     for name in ("feedback_rule", "feedback_scale", "feedback_seed", "_dfa_input_shape"):
         layer.__dict__.pop(name, None)
-    hooks = layer._load_state_dict_pre_hooks
-    for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is _make_room]:
-        del hooks[key]
     if rule == "backprop":
         return
     layer.feedback_rule, layer.feedback_scale, layer.feedback_seed = rule, float(scale), seed
@@ -201,19 +203,6 @@ def _set_layer(layer: Any, rule: str, scale: float, seed: int, output_size: int 
         layer.register_buffer("feedback_weight", None if shape is None else _draw(shape, scale, seed, weight))
     if rule == "brsf":
         layer.register_buffer("feedback_draws", torch.zeros((), dtype=torch.int64, device=weight.device))
-    layer.register_load_state_dict_pre_hook(_make_room)
-
-
-def _make_room(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Before ``load_state_dict``: a ``dfa`` matrix not drawn yet (no forward so far) takes the
-    shape of the one being loaded."""
-    key = prefix + "feedback_weight"
-    if (
-        key in state_dict
-        and "feedback_weight" in module._buffers
-        and module._buffers["feedback_weight"] is None
-    ):
-        module._buffers["feedback_weight"] = torch.empty_like(state_dict[key], device=module.weight.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +254,8 @@ def _redraw(layer: Any) -> None:
 def feedback_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | None, *extra: Any) -> Tensor:
     """The forward of a manual layer whose rule is not ``"backprop"`` (its ``forward`` calls this)."""
     rule = layer.feedback_rule
-    if rule == "dfa":
-        out = layer.manual_forward(input.detach(), weight, bias, None, *extra)  # BP3 only
-        if not (input.requires_grad and torch.is_grad_enabled()):
-            return out
-        if layer.feedback_weight is None:
-            layer._dfa_input_shape = tuple(input.shape[1:])  # B_n drawn once the output is known
-        return DirectFeedbackFunction.apply(out, input, layer._feedback_hub, layer)
+    if rule == "dfa" and torch.is_grad_enabled():
+        return _direct_forward(layer, input, weight, bias, *extra)
     if rule == "brsf" and layer.training and torch.is_grad_enabled() and not _frozen[0]:
         _redraw(layer)  # a training batch: a new R
     return layer.manual_forward(input, weight, bias, feedback_matrix(layer, weight), *extra)
@@ -282,110 +266,117 @@ def feedback_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | N
 # --------------------------------------------------------------------------------------------
 
 
-class _Hub:
-    """What the layers of one model under ``dfa`` share: the output error ``e`` of the last backward."""
+class _Pass:
+    """One forward of a model under ``dfa``: its layers in the order they ran, the top one (the last),
+    and, once the top layer's backward has run, the output error ``e``."""
+
+    __slots__ = ("count", "error", "top", "width")
 
     def __init__(self) -> None:
+        self.count, self.top, self.width = 0, 0, 0
         self.error: Tensor | None = None
-        self.handle: Any = None
 
 
-class OutputErrorFunction(ManualFunction):
-    """The identity on a model's output; its backward records ``e = ∂c/∂output`` (rows: samples) for
-    the ``dfa`` layers below and passes it on unchanged. It runs before any layer's backward: every
-    layer of the model lies upstream of the output."""
+class _Hub:
+    """What the layers of one model under ``dfa`` share: the pass of the forward running now, and the
+    last one (``model._feedback_hub.last.error`` is the output error ``e`` of the last backward)."""
 
-    @staticmethod
-    def forward(output: Tensor, hub: _Hub) -> Tensor:
-        return output
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.hub = inputs[1]
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        ctx.hub.error = grad_output.detach().reshape(grad_output.shape[0], -1)  # e: (M, *) -> (M, D_N)
-        return grad_output, None
+    def __init__(self) -> None:
+        self.current: _Pass | None = None
+        self.last: _Pass | None = None  # the latest finished forward (its error, after backward)
 
 
-class DirectFeedbackFunction(ManualFunction):
-    """Direct feedback alignment around one layer: ``apply(out, input, hub, layer)`` returns the
-    layer's output ``out`` (computed from the detached input, so the layer's own backward does BP3
-    only) and hands ``out``'s δ to it unchanged; the input's gradient is ``e B_n`` instead of
-    ``δ W_n``:
-
-    .. math::
-        \\frac{\\partial c}{\\partial y_n} := e\\, B_n, \\qquad e = \\frac{\\partial c}{\\partial x_N}
-
-    with ``B_n`` the layer's ``feedback_weight`` ``(D_N, D_n)``, ``D_n`` the flattened input
-    per sample.
-    """
-
-    @staticmethod
-    def forward(out: Tensor, input: Tensor, hub: _Hub, layer: Any) -> Tensor:
-        return out
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _, input, hub, layer = inputs
-        ctx.hub, ctx.layer, ctx.input_shape, ctx.input_dtype = hub, layer, input.shape, input.dtype
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad_input = None
-        if ctx.needs_input_grad[1]:
-            error, matrix = ctx.hub.error if ctx.hub is not None else None, ctx.layer.feedback_weight
-            if error is None:
-                raise RuntimeError(
-                    "feedback='dfa': no output error was recorded; the loss must be computed from the "
-                    "output of the model that set_feedback was called on"
-                )
-            if error.shape[0] != ctx.input_shape[0] or matrix is None:
-                raise RuntimeError(
-                    f"feedback='dfa': the output error has {error.shape[0]} rows but this layer's input "
-                    f"has shape {tuple(ctx.input_shape)}: dfa needs every layer's input batch-first, "
-                    "with the model's batch"
-                )
-            # BP2 (DFA): ∂c/∂y_n = e B_n; (M, D_N) @ (D_N, D_n) -> (M, D_n) -> the input's shape
-            grad_input = (error.to(matrix.dtype) @ matrix).view(ctx.input_shape).to(ctx.input_dtype)
-        return grad_output, grad_input, None, None
+def _start_pass(model: nn.Module, args: Any) -> None:
+    model._feedback_hub.current = _Pass()
 
 
-def _capture_output(model: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook of a model under ``dfa``: draws the matrices still missing (their shapes are
-    known now), and routes the output through :class:`OutputErrorFunction`."""
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"feedback='dfa' takes the error at the model's output, which must be one tensor; "
-            f"{type(model).__name__} returned {type(output).__name__}"
-        )
-    if output.dim() == 0:
-        raise ValueError("feedback='dfa' needs a batch-first model output, got a 0-d tensor")
-    width = output[0].numel()
+def _end_pass(model: nn.Module, args: Any, output: Any) -> None:
+    """After the forward: the last layer to run is the top one; the matrices not drawn yet (their
+    shapes are known now: ``(D_N, D_n)``, ``D_N`` the top layer's output per sample) are drawn."""
+    hub = model._feedback_hub
+    run, hub.current = hub.current, None
+    hub.last = run
+    if run is None or run.count == 0:
+        return
+    run.top = run.count
     for _, layer in feedback_layers(model):
         shape = layer.__dict__.get("_dfa_input_shape")
         if layer.feedback_rule == "dfa" and layer.feedback_weight is None and shape is not None:
             layer.feedback_weight = _draw(
-                (width, math.prod(shape)), layer.feedback_scale, layer.feedback_seed, layer.weight
+                (run.width, math.prod(shape)), layer.feedback_scale, layer.feedback_seed, layer.weight
             )
-    if output.requires_grad and torch.is_grad_enabled():
-        return OutputErrorFunction.apply(output, model._feedback_hub)
-    return output
 
 
-def _remove_output_hook(model: nn.Module) -> None:
-    hub = model.__dict__.pop("_feedback_hub", None)
-    if hub is not None and hub.handle is not None:
-        hub.handle.remove()
+def _remove_hooks(model: nn.Module) -> None:
+    """Remove the dfa pass hooks (found by function: handles do not survive a deep copy)."""
+    model.__dict__.pop("_feedback_hub", None)
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, hook in hooks.items() if hook in (_start_pass, _end_pass)]:
+            del hooks[key]
 
 
-def capture_output_error(hub: Any, output: Tensor) -> Tensor:
-    """``output`` through :class:`OutputErrorFunction` (what the ``dfa`` hook does), for a model
-    such as :class:`manual_bp.MLP` that routes its own output."""
-    if output.requires_grad and torch.is_grad_enabled():
-        return OutputErrorFunction.apply(output, hub)
-    return output
+def _direct_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | None, *extra: Any) -> Tensor:
+    """dfa: the layer computed from the detached input (its own backward does BP3 only), wrapped in
+    :class:`DirectFeedbackFunction`, which hands its δ through and gives the input ``e B_n``."""
+    out = layer.manual_forward(input.detach(), weight, bias, None, *extra)
+    hub = layer._feedback_hub
+    if hub.current is None:  # called outside the forward of the model set_feedback was given
+        hub.current = _Pass()
+    run = hub.current
+    run.count += 1
+    run.width = out[0].numel() if out.dim() else 1  # D_N, if this layer turns out to be the top
+    if layer.feedback_weight is None:
+        layer._dfa_input_shape = tuple(input.shape[1:])  # B_n drawn at the end of the forward
+    return DirectFeedbackFunction.apply(out, input, run, run.count, layer)
+
+
+class DirectFeedbackFunction(ManualFunction):
+    r"""Direct feedback alignment around one layer.
+
+    ``apply(out, input, run, order, layer)`` returns the layer's output ``out`` (computed from the
+    detached input, so the layer's own backward does BP3 only) and hands ``out``'s δ to it
+    unchanged. The top layer (the last of the forward ``run``) records its δ as the output error;
+    every layer's input gets
+
+    .. math::
+        \frac{\partial c}{\partial y_n} := e\, B_n, \qquad e = δ_N = \frac{\partial c}{\partial x_N}
+
+    instead of ``δ_{n+1} W_n``, with ``B_n`` the layer's ``feedback_weight`` ``(D_N, D_n)``
+    (``D_n`` the flattened input per sample). The top layer's backward runs before the others'
+    (they all lie upstream of it).
+    """
+
+    @staticmethod
+    def forward(out: Tensor, input: Tensor, run: _Pass, order: int, layer: Any) -> Tensor:
+        return out
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, input, ctx.run, ctx.order, ctx.layer = inputs
+        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        run = ctx.run
+        if ctx.order == run.top:
+            run.error = grad_output.detach().reshape(grad_output.shape[0], -1)  # e = δ_N: (M, *) -> (M, D_N)
+        grad_input = None
+        if ctx.needs_input_grad[1]:
+            error, matrix = run.error, ctx.layer.feedback_weight
+            if error is None or matrix is None:
+                raise RuntimeError(
+                    "feedback='dfa': this layer's backward ran before the top layer's, so there is no "
+                    "output error yet; dfa needs every rule layer upstream of the last one to run"
+                )
+            if error.shape[0] != ctx.input_shape[0]:
+                raise RuntimeError(
+                    f"feedback='dfa': the output error has {error.shape[0]} rows but this layer's input "
+                    f"has shape {tuple(ctx.input_shape)}: dfa needs every layer's input batch-first, "
+                    "with the top layer's batch"
+                )
+            # BP2 (DFA): ∂c/∂y_n = e B_n; (M, D_N) @ (D_N, D_n) -> (M, D_n) -> the input's shape
+            grad_input = (error.to(matrix.dtype) @ matrix).view(ctx.input_shape).to(ctx.input_dtype)
+        return grad_output, grad_input, None, None, None
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from manual_bp._function import (
     check_target,
 )
 from manual_bp._torch_private import autocast_on
-from manual_bp.feedback import bp2_matrices, capture_output_error, set_feedback
+from manual_bp.feedback import bp2_matrices, set_feedback
 from manual_bp.ops import Elementwise, resolve_activation
 from manual_bp.ops.linear import Linear
 from manual_bp.ops.losses import half_squared_error
@@ -132,10 +132,6 @@ class MLP(nn.Module):
             self._net = _net(self.activations, bias)
         set_feedback(self, feedback, feedback_scale, feedback_seed, output_size=sizes[-1])
 
-    #: under dfa the network passes its own output through the output-error capture (unfused) or
-    #: starts every BP2 from δ_N inside the fused Function: no output hook
-    routes_output_error = True
-
     def bp2(self, new_batch: bool = True) -> Feedback | None:
         """The feedback rule's BP2 for the seed's loop: each layer's ``B_n`` (a ``brsf`` layer draws
         a new ``R`` first when ``new_batch``), or ``None`` under the seed's own BP2 (``"backprop"``
@@ -219,13 +215,9 @@ class MLP(nn.Module):
         self._check_input(input)
         if self._net is None or not self.fused:  # per layer (a learned activation: its module)
             acts = self.activation_layers if self._net is None else [act.manual for act in self.activations]
-            hub, top = self.__dict__.get("_feedback_hub"), len(self.layers) - 1
             y = input
-            for n, (layer, act) in enumerate(zip(self.layers, acts, strict=True)):
-                x = layer(y)  # FF through the per-layer Functions
-                if n == top and hub is not None:
-                    x = capture_output_error(hub, x)  # dfa: e = δ_N = ∂c/∂x_N, recorded here
-                y = act(x)
+            for layer, act in zip(self.layers, acts, strict=True):
+                y = act(layer(y))  # FF through the per-layer Functions
             return y
         net, feedback = self._fused()
         return run(input, net, self._fused_params(input) + feedback)

@@ -6,7 +6,13 @@
 >>> trainer.fit(ManualBPModule(sizes=[64, 64, 10]), DigitsDataModule())  # doctest: +SKIP
 """
 
-from manual_bp.lightning.callbacks import GradientCheck, GradientCheckError, GradientFlow, compare_gradients
+from manual_bp.lightning.callbacks import (
+    FeedbackAlignment,
+    GradientCheck,
+    GradientCheckError,
+    GradientFlow,
+    compare_gradients,
+)
 from manual_bp.lightning.data import (
     ArrayDataModule,
     DigitsDataModule,
@@ -21,6 +27,7 @@ __all__ = [
     "FileDataModule",
     "GradientCheck",
     "GradientCheckError",
+    "FeedbackAlignment",
     "GradientFlow",
     "ManualBPModule",
     "TeacherRegressionDataModule",

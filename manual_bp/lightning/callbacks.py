@@ -23,9 +23,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from manual_bp.feedback import feedback_rules, gradient_alignment, use_backprop, weight_alignment
 from manual_bp.lightning.module import ManualBPModule, native_loss, native_twin
 
-__all__ = ["GradientCheck", "GradientCheckError", "GradientFlow", "compare_gradients"]
+__all__ = ["FeedbackAlignment", "GradientCheck", "GradientCheckError", "GradientFlow", "compare_gradients"]
 
 
 class GradientCheckError(RuntimeError):
@@ -43,12 +44,13 @@ def compare_gradients(
     """
     manual = copy.deepcopy(module.net).to(dtype)
     native = native_twin(module.net).to(dtype)
+    backprop = use_backprop(manual)  # a feedback rule's update is no gradient: check the seed's BP2
     device = next(manual.parameters()).device
     x = x.to(device=device, dtype=dtype)
     y = y.to(device)
     devices = [device] if device.type == "cuda" else []
     grads: list[dict[str, Tensor | None]] = []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), backprop:
         for net, loss_of in ((manual, module.compute_loss), (native, _native_loss_of(module))):
             torch.manual_seed(0)
             for p in net.parameters():
@@ -113,8 +115,10 @@ class GradientCheck(pl.Callback):
         self.max_rel_error = max(self.errors.values(), default=0.0)
         for logger in trainer.loggers:
             logger.log_metrics({"grad_check/max_rel_error": self.max_rel_error}, step=trainer.global_step)
+        rule = pl_module.hparams.get("feedback", "backprop")
+        note = "" if rule == "backprop" else f"; the seed's BP2, as a feedback rule ({rule}) is no gradient"
         rank_zero_info(
-            f"gradient check (one batch of {len(x)}, float64, manual vs native autograd): largest "
+            f"gradient check (one batch of {len(x)}, float64, manual vs native autograd{note}): largest "
             f"relative error {self.max_rel_error:.2e} over {len(self.errors)} parameters "
             f"(tolerance {self.tolerance:g})"
         )
@@ -223,6 +227,103 @@ class GradientFlow(pl.Callback):
         os.makedirs(directory, exist_ok=True)
         self.files = plot_history(self.steps, self.norms, self.epochs, directory)
         rank_zero_info("plots: " + ", ".join(self.files))
+
+
+class FeedbackAlignment(pl.Callback):
+    """Under a feedback rule, log and plot how far each layer's update is from backprop's.
+
+    Every ``every_n_steps`` optimizer steps, before the step, on the batch about to be trained on,
+    for every layer with a rule (:mod:`manual_bp.feedback`):
+
+    - ``align/weight/<layer>``: the angle in degrees between ``W_n`` and the ``B_n`` its BP2 uses
+      (:func:`~manual_bp.feedback.weight_alignment`; for ``dfa`` only the top layer, where ``B_n``
+      has ``W_n``'s shape);
+    - ``align/grad/<layer>``: the angle between the rule's ``∂c/∂W_n`` and the true backprop
+      gradient on the same batch and weights (:func:`~manual_bp.feedback.gradient_alignment`: one
+      more forward and two backward passes on those steps).
+
+    At the end of ``fit`` (global rank 0) it writes ``alignment.png`` next to ``gradient_flow.png``.
+    The history is part of the checkpoint. Does nothing when no layer has a rule.
+
+    Args:
+        every_n_steps: how often to measure (the cost is about one training step each time).
+        plot: write ``alignment.png`` at the end of fitting.
+    """
+
+    def __init__(self, every_n_steps: int = 10, plot: bool = True) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self.plot = plot
+        self.steps: list[int] = []
+        self.angles: dict[str, list[float]] = {}
+        self.files: list[str] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        net = getattr(pl_module, "net", None)
+        if net is None or trainer.global_step % self.every_n_steps or not feedback_rules(net):
+            return
+        x, y = batch[:2]
+        angles = {f"weight/{name}": value for name, value in weight_alignment(net).items()}
+        loss_of = lambda: pl_module.compute_loss(net(x), y)  # noqa: E731
+        angles.update({f"grad/{name}": value for name, value in gradient_alignment(net, loss_of).items()})
+        self.steps.append(int(trainer.global_step))
+        for key, value in angles.items():
+            self.angles.setdefault(key, []).append(value)
+        for logger in trainer.loggers:  # every measurement (self.log would keep every log_every_n_steps-th)
+            logger.log_metrics({f"align/{k}": v for k, v in angles.items()}, step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "angles": {k: list(v) for k, v in self.angles.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = list(state_dict["steps"])
+        self.angles = {k: list(v) for k, v in state_dict["angles"].items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.plot or not self.steps or trainer.fast_dev_run:
+            return
+        directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank
+        if not trainer.is_global_zero:
+            return
+        os.makedirs(directory, exist_ok=True)
+        self.files = [plot_alignment(self.steps, self.angles, directory, pl_module.hparams.get("feedback"))]
+        rank_zero_info("plots: " + ", ".join(self.files))
+
+
+def plot_alignment(steps: list[int], angles: dict[str, list[float]], directory: str, rule: Any = None) -> str:
+    """Write ``alignment.png`` (weight and gradient angles per layer over the steps); return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), squeeze=False)
+    titles = {"weight": "angle(W_n, B_n)", "grad": "angle(rule's ∂c/∂W_n, backprop's)"}
+    for ax, kind in zip(axes[0], ("weight", "grad"), strict=True):
+        for color, (key, values) in enumerate(k for k in angles.items() if k[0].startswith(kind + "/")):
+            ax.plot(
+                steps[: len(values)],
+                values,
+                marker=".",
+                markersize=3,
+                color=f"C{color}",
+                label=key[len(kind) + 1 :],
+            )
+        ax.axhline(90, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("degrees")
+        ax.set_title(f"{titles[kind]}{f' ({rule})' if rule else ''}")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(directory, "alignment.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_history(

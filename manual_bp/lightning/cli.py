@@ -1,7 +1,8 @@
 """``manual-bp train``: LightningCLI's ``fit``, then ``test`` on the best checkpoint, then the accuracy.
 
 Run ``manual-bp train --help`` for every option (``--model.*``, ``--data.*``, every ``--trainer.*``
-flag, ``--checkpoint.*``, ``--gradient_check.*``, ``--gradient_flow.*``, ``--optimizer``),
+flag, ``--checkpoint.*``, ``--gradient_check.*``, ``--gradient_flow.*``, ``--alignment.*``,
+``--optimizer``),
 ``--config file.yaml`` to read them from YAML and ``--print_config`` to print the resolved
 configuration. The defaults train the seed's network (``MLP([64, 64, 10])``, sigmoid at every
 layer, half squared error, plain SGD) on scikit-learn's digits; ``python -m
@@ -24,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from manual_bp.lightning.callbacks import GradientCheck, GradientFlow
+from manual_bp.lightning.callbacks import FeedbackAlignment, GradientCheck, GradientFlow
 from manual_bp.lightning.data import DigitsDataModule
 from manual_bp.lightning.module import ManualBPModule
 
@@ -82,6 +83,7 @@ class ManualBPCLI(LightningCLI):
         )
         parser.add_lightning_class_args(GradientCheck, "gradient_check")
         parser.add_lightning_class_args(GradientFlow, "gradient_flow")
+        parser.add_lightning_class_args(FeedbackAlignment, "alignment")
         parser.add_argument(
             "--ckpt_path",
             type=str | None,

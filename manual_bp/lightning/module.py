@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 import manual_bp
 from manual_bp.convert import native_twin
 from manual_bp.engine import LOSSES
+from manual_bp.feedback import check_rule, set_feedback
 from manual_bp.mlp import MLP
 
 __all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin"]
@@ -56,6 +57,12 @@ class ManualBPModule(pl.LightningModule):
         weight_decay: L2 penalty of the optimizer.
         task: ``"classification"`` or ``"regression"``; ``None`` takes the DataModule's ``task``.
         num_classes: the number of classes; ``None`` takes the DataModule's.
+        feedback: the rule of BP2 in every ``Linear`` and convolution of the network
+            (:mod:`manual_bp.feedback`): ``"backprop"`` (the seed's), ``"fa"``, ``"dfa"``,
+            ``"sign"``, ``"brsf"`` or ``"frsf"``. Its matrices are in the checkpoint.
+        feedback_scale: the factor on the rule's random matrices (and on ``sign(W)``).
+        feedback_seed: the seed of the rule's random matrices (apart from ``seed_everything``: the
+            same on every process).
 
     The loss is a per-sample *mean*, so under DDP the averaged gradient of ``k`` processes with
     batch ``B / k`` equals the gradient one process computes on the whole batch ``B``.
@@ -79,6 +86,9 @@ class ManualBPModule(pl.LightningModule):
         weight_decay: float = 0.0,
         task: Literal["classification", "regression"] | None = None,
         num_classes: int | None = None,
+        feedback: Literal["backprop", "fa", "dfa", "sign", "brsf", "frsf"] = "backprop",
+        feedback_scale: float = 1.0,
+        feedback_seed: int = 0,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -91,8 +101,12 @@ class ManualBPModule(pl.LightningModule):
             raise ValueError(f"task must be 'classification', 'regression' or None, got {task!r}")
         if task == "regression" and loss == "cross_entropy":
             raise ValueError("loss='cross_entropy' needs task='classification', got task='regression'")
+        check_rule(feedback, feedback_scale, feedback_seed)
         self.save_hyperparameters(ignore=["net"])
         self.net = net if net is not None else MLP(sizes, activation, output_activation)
+        if feedback != "backprop":
+            output_size = self.net.sizes[-1] if isinstance(self.net, MLP) else None
+            set_feedback(self.net, feedback, feedback_scale, feedback_seed, output_size)
         self.loss_fn: nn.Module = (
             manual_bp.HalfSquaredError(reduction="mean")
             if loss == "half_squared_error"

@@ -44,6 +44,7 @@ from manual_bp._function import (
     check_same,
 )
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
+from manual_bp.ops.linear import FeedbackLayer
 from manual_bp.ops.padding import pad
 
 __all__ = [
@@ -697,11 +698,8 @@ def conv_transpose_feedback(
 # --------------------------------------------------------------------------------------------
 
 
-class _ConvForward:
+class _ConvForward(FeedbackLayer):
     """``_conv_forward`` of the drop-in conv modules (what ``torch.nn``'s ``forward`` calls)."""
-
-    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``δ W``
-    feedback_rule = "backprop"
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.feedback_rule == "backprop":
@@ -759,12 +757,10 @@ class Conv3d(_ConvForward, nn.Conv3d):
     __module__ = "manual_bp.modules"
 
 
-class _ConvTransposeForward:
+class _ConvTransposeForward(FeedbackLayer):
     """``forward`` of the drop-in transposed conv modules (``torch.nn``'s, with the manual function)."""
 
     _dims: int
-    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``W``
-    feedback_rule = "backprop"
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         m: Any = self

@@ -21,7 +21,15 @@ from manual_bp._function import (
 from manual_bp._torch_private import autocast_on
 from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
 
-__all__ = ["LINEAR_OPS", "FeedbackLinearFunction", "Linear", "LinearFunction", "linear", "linear_feedback"]
+__all__ = [
+    "LINEAR_OPS",
+    "FeedbackLayer",
+    "FeedbackLinearFunction",
+    "Linear",
+    "LinearFunction",
+    "linear",
+    "linear_feedback",
+]
 
 
 class LinearFunction(ManualFunction):
@@ -171,7 +179,23 @@ def _check_linear(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got shape {tuple(bias.shape)}")
 
 
-class Linear(nn.Linear):
+class FeedbackLayer:
+    """What the drop-in layers whose BP2 reads a weight (``Linear``, the convolutions) share for the
+    feedback rules of :mod:`manual_bp.feedback`: the rule, ``"backprop"`` unless one is set, and
+    room for a ``dfa`` matrix that a ``state_dict`` brings before the first forward has drawn it."""
+
+    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``δ W``
+    feedback_rule = "backprop"
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        m: Any = self
+        key = prefix + "feedback_weight"
+        if key in state_dict and m._buffers.get("feedback_weight", 0) is None:  # registered, not drawn
+            m._buffers["feedback_weight"] = torch.empty_like(state_dict[key], device=m.weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+
+
+class Linear(FeedbackLayer, nn.Linear):
     """``torch.nn.Linear`` with the explicit backward of :func:`manual_bp.functional.linear`.
 
     Shape ``(*, in_features) -> (*, out_features)``; ``weight (out_features, in_features)`` and
@@ -184,9 +208,6 @@ class Linear(nn.Linear):
     """
 
     __module__ = "manual_bp.modules"  # its public home (the drop-in layers)
-
-    #: the feedback rule of BP2 (:func:`manual_bp.feedback.set_feedback`); ``"backprop"``: ``δ W``
-    feedback_rule = "backprop"
 
     def forward(self, input: Tensor) -> Tensor:
         if self.feedback_rule == "backprop":
