@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="check only this op of the registry (repeatable; default: every op)",
     )
+    check.add_argument(
+        "--feedback",
+        metavar="RULE",
+        help=(
+            "check a feedback rule (fa, dfa, sign, brsf, frsf) instead: a rule's update is no gradient, so "
+            "gradcheck does not apply; each op's BP2 through B is compared with the rule's update "
+            "written out with native ops"
+        ),
+    )
     check.add_argument("--device", default="cpu", help="device to run on (default cpu)")
     check.add_argument("--seed", type=int, default=0, help="seed for samples, dropout and the default loss")
     sub.add_parser(
@@ -197,9 +206,13 @@ def _check(args: argparse.Namespace) -> int:
                     f"--op: no op named {', '.join(unknown)}; the ops are {', '.join(op.name for op in ops)}"
                 )
             ops = tuple(op for op in ops if op.name in args.op)
+        if args.feedback is not None:
+            return _check_feedback(args.feedback, ops, device, args.seed)
         rows = check.run_suite(ops, device=device, seed=args.seed, progress=_progress)
         print(check.format_suite(rows))
         return 0 if all(r.passed for r in rows) else 1
+    if args.feedback is not None:
+        raise UsageError("--feedback checks the ops of the registry; it does not combine with --model")
     model, inputs, loss_fn = _call_factory(args.model)
     model = model.to(device)
     inputs = _to(inputs, device)
@@ -220,6 +233,29 @@ def _check(args: argparse.Namespace) -> int:
         "PASS: manual gradients match native autograd" if result.passed else "FAIL: manual gradients differ"
     )
     return 0 if result.passed else 1
+
+
+def _check_feedback(rule: str, ops: Any, device: Any, seed: int) -> int:
+    from manual_bp import check
+    from manual_bp.feedback import RULES
+
+    if rule not in RULES[1:]:
+        raise UsageError(f"--feedback: expected one of {', '.join(RULES[1:])}, got {rule!r}")
+    with_rule = [op for op in ops if op.feedback is not None]
+    if not with_rule:
+        raise UsageError(
+            f"--feedback {rule}: none of the chosen ops has a BP2 a rule changes; those that do: "
+            + ", ".join(op.name for op in check.OPS if op.feedback is not None)
+        )
+    print(
+        f"feedback rule {rule}: a rule's update is not a gradient, so gradcheck does not apply. Each op "
+        "with B in place of its weight in BP2 is compared with the rule's update written out with "
+        "native ops (BP2 through B, BP3 unchanged); `manual-bp check` without --feedback checks the "
+        "gradients themselves."
+    )
+    rows = check.run_feedback_suite(rule, with_rule, device=device, seed=seed, progress=_progress)
+    print(check.format_suite(rows))
+    return 0 if all(r.passed for r in rows) else 1
 
 
 def _to(obj: Any, device: Any) -> Any:

@@ -523,6 +523,54 @@ def print_cross_entropy(rows: list[dict[str, Any]]) -> None:
         )
 
 
+FEEDBACK_NETS = ((16, [64, 64, 10]), (128, [784, 256, 256, 10]))  # the default recipe's, and a larger one
+FEEDBACK_LIMIT = 1.1  # fa's step at most 1.1x backprop's (issue: feedback rules)
+
+
+def feedback_bench(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """A training step of the seed's sigmoid network under every feedback rule against the same
+    step under backprop: the autograd path (fused ``MLP.loss``, ``backward``, SGD) and the engine
+    (``engine.sgd_step``), timed interleaved in this process; ratios are medians over repetitions
+    of rule / backprop in the same repetition."""
+    from manual_bp.feedback import RULES
+
+    rows = []
+    for batch, sizes in FEEDBACK_NETS:
+        torch.manual_seed(0)
+        x = torch.randn(batch, sizes[0], device=args.device, dtype=dtype)
+        t = torch.rand(batch, sizes[-1], device=args.device, dtype=dtype)
+        for path, make in (("autograd", fused_loss_step), ("engine", engine_step)):
+            steps = {}
+            for rule in RULES:
+                mlp = manual_bp.MLP(sizes, feedback=rule, device=args.device, dtype=dtype)
+                steps[rule] = make(mlp, x, t)
+            times = interleaved_times(steps, args.reps, args.device)
+            ratios = rep_ratios(times, base="backprop")
+            rows.append(
+                {
+                    "batch": batch,
+                    "sizes": sizes,
+                    "path": path,
+                    "seconds": {k: statistics.median(v) for k, v in times.items()},
+                    "ratio": {k: statistics.median(v) for k, v in ratios.items()},
+                    "rep_seconds": times,
+                    "limit_fa": FEEDBACK_LIMIT,
+                }
+            )
+    return rows
+
+
+def print_feedback(rows: list[dict[str, Any]]) -> None:
+    print("training step per feedback rule / backprop's (same path, median over repetitions):")
+    for r in rows:
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in r["ratio"].items() if k != "backprop")
+        ok = "ok" if r["ratio"]["fa"] <= r["limit_fa"] else "MISSED"
+        print(
+            f"  batch {r['batch']:>4} {r['sizes']} {r['path']:>8}: backprop "
+            f"{fmt_time(r['seconds']['backprop'])}; {ratios} (fa target <= {r['limit_fa']:.2f}: {ok})"
+        )
+
+
 # ----------------------------------------------------------------------------- reporting
 def fmt_time(s: float) -> str:
     return f"{s * 1e6:9.0f}us" if s < 0.01 else f"{s * 1e3:9.1f}ms"
@@ -690,6 +738,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the cross-entropy forward + backward section (native vs manual, this process)",
     )
+    parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="only the feedback-rule section: a training step under each rule against backprop's",
+    )
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     # bf16 runs as autocast over float32 parameters (mixed precision), as users train with it.
@@ -708,6 +761,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__})")
+    if args.feedback:
+        feedback_rows = feedback_bench(args, param_dtype)
+        print_feedback(feedback_rows)
+        write_json(args, argv, {"feedback": feedback_rows})
+        return 0
     if args.cross_entropy:
         ce_rows = cross_entropy_bench(args, param_dtype)
         print_cross_entropy(ce_rows)

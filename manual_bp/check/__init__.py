@@ -42,7 +42,7 @@ from __future__ import annotations
 from manual_bp.check._tolerances import tolerances
 from manual_bp.check.compare import Comparison, ComparisonRow, ModelCheck, check_model, compare
 from manual_bp.check.native_calls import NativeCall, find_native_calls
-from manual_bp.check.suite import OPS, SuiteRow, format_suite, run_suite
+from manual_bp.check.suite import OPS, SuiteRow, format_suite, run_feedback_suite, run_suite
 from manual_bp.ops import Op, Sample
 
 #: The suite's entry type: an op of the registry (``OpSpec(name, manual, native, samples)``).
@@ -61,6 +61,7 @@ __all__ = [
     "compare",
     "find_native_calls",
     "format_suite",
+    "run_feedback_suite",
     "run_suite",
     "tolerances",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import zlib
@@ -17,7 +18,7 @@ from manual_bp.check._tolerances import close, errors, tolerances
 from manual_bp.convert import _table
 from manual_bp.ops import OPS, Op, Sample
 
-__all__ = ["OPS", "SuiteRow", "format_suite", "run_suite"]
+__all__ = ["OPS", "SuiteRow", "format_suite", "run_feedback_suite", "run_suite"]
 
 
 @dataclass(frozen=True)
@@ -284,3 +285,90 @@ def format_suite(rows: Sequence[SuiteRow]) -> str:
     failed = sum(not r.passed for r in rows)
     summary = f"{len(rows) - failed} of {len(rows)} checks passed" + (f", {failed} FAILED" if failed else "")
     return _table(("op", "dtype", "check", "error", "pass", "samples", "detail"), body) + "\n" + summary
+
+
+# --------------------------------------------------------------------------------------------
+# Feedback rules: each against its own update written out with native ops (not gradcheck)
+# --------------------------------------------------------------------------------------------
+
+
+def _rule_matrix(rule: str, weight: Tensor, generator: torch.Generator) -> Tensor:
+    """A ``B`` of the rule for a sample's weight: random (fa, dfa), ``sign(W)``, ``|R| ⊙ sign(W)``."""
+    random = torch.rand(weight.shape, generator=generator, dtype=torch.float64).to(weight) * 2 - 1
+    if rule in ("fa", "dfa"):
+        return random
+    signs = weight.detach().sign()
+    return signs if rule == "sign" else random.abs() * signs
+
+
+def _with_b(function: Callable[..., Tensor], matrix: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """The op's feedback variant, BP2 through ``matrix``."""
+    return function(*args, feedback=matrix, **kwargs)
+
+
+def _through_b(native: Callable[..., Tensor], matrix: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """The rule's layer written with native ops: the output of ``native`` from the detached input
+    (so its weight and bias get BP3 from the layer's δ), plus a zero-valued probe ``native(x, B)``
+    whose input gradient is δ read through ``B`` (BP2 of the rule). The bias is ``args[2]``."""
+    x, *rest = args
+    out = native(x.detach(), *rest, **kwargs)
+    probe_rest = [matrix, None, *(a.detach() if isinstance(a, Tensor) else a for a in rest[2:])]
+    probe = native(x, *probe_rest, **kwargs)
+    return out + probe - probe.detach()
+
+
+def run_feedback_suite(
+    rule: str,
+    ops: Sequence[Op] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[SuiteRow]:
+    """Check a feedback rule's BP2 in every op that has one (``Op.feedback``: linear, convolutions).
+
+    A rule's update is not a gradient, so ``gradcheck`` does not apply: each op with ``B`` in place of
+    its weight in BP2 is compared, in float64 and float32, with the rule's update written out with
+    native ops (:func:`_through_b`: the native op on the detached input, plus a zero-valued native
+    probe ``op(x, B)`` that carries the input's gradient), one ``B`` of the rule per sample. Per
+    layer, ``dfa``'s BP2 reads its matrix as this check does, applied to the output error; the
+    whole-network dfa is tested against the loop written out by hand in ``tests/test_feedback.py``.
+    Rows are named ``"<rule>: BP2 through B"``.
+    """
+    from manual_bp.feedback import check_rule
+
+    check_rule(rule)
+    device = torch.device(device)
+    specs = [op for op in (OPS if ops is None else ops) if op.feedback is not None]
+    rows = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for i, spec in enumerate(specs):
+            if progress is not None:
+                progress(i, len(specs), spec.name)
+            torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
+            generator = torch.Generator().manual_seed(seed)
+            samples64 = spec.samples(torch.float64, device)
+            for dtype in (torch.float64, torch.float32):
+                per_sample = []
+                for sample in (_fresh(s, dtype) for s in samples64):
+                    matrix = _rule_matrix(rule, sample.args[1], generator)
+                    pair = Op(
+                        spec.name,
+                        functools.partial(_with_b, spec.feedback, matrix),  # type: ignore[arg-type]
+                        functools.partial(_through_b, spec.native, matrix),
+                        spec.samples,
+                    )
+                    per_sample.append(_run_native(pair, [sample], dtype))
+                failed = [r for r in per_sample if not r.passed]
+                rows.append(
+                    SuiteRow(
+                        spec.name,
+                        per_sample[0].dtype,
+                        f"{rule}: BP2 through B",
+                        max(r.error for r in per_sample),
+                        not failed,
+                        len(per_sample),
+                        failed[0].detail if failed else "",
+                    )
+                )
+    return rows
