@@ -387,3 +387,50 @@ def test_errors_name_what_was_expected_and_what_came() -> None:
         ValueError, match=r"one feedback rule in every layer, or dfa in none; its layers have"
     ):
         net(torch.randn(2, 3))
+
+
+def test_cli_trains_with_a_rule_checkpoints_its_matrices_and_resumes(tmp_path, capsys) -> None:  # noqa: ANN001
+    from manual_bp.lightning.cli import main
+
+    tiny = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+            "--trainer.limit_test_batches", "2", "--trainer.default_root_dir", str(tmp_path),
+            "--model.feedback", "frsf", "--model.feedback_scale", "0.5",
+            "--alignment.every_n_steps", "2"]  # fmt: skip
+    main([*tiny, "--trainer.max_epochs", "1"])
+    out = capsys.readouterr()
+    assert "test accuracy:" in out.out
+    run = tmp_path / "lightning_logs" / "version_0"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    matrix = state["state_dict"]["net.layers.0.feedback_weight"]
+    assert state["hyper_parameters"]["feedback"] == "frsf"
+    assert matrix.abs().max() <= 0.5 / 8  # the scale: 0.5 / √fan_in, fan_in 64
+    assert (run / "alignment.png").is_file()
+    main([*tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.feedback_seed", "5"])
+    resumed = torch.load(
+        tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    # the matrix comes from the checkpoint, not from the new run's seed
+    torch.testing.assert_close(resumed["state_dict"]["net.layers.0.feedback_weight"], matrix, rtol=0, atol=0)
+
+
+def test_check_command_reports_a_rule_against_its_own_update(capsys) -> None:  # noqa: ANN001
+    from manual_bp.cli import main
+
+    assert main(["check", "--feedback", "sign", "--op", "linear", "--op", "conv2d"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "gradcheck does not apply" in out and "sign: BP2 through B" in out and "4 of 4 checks passed" in out
+    )
+
+
+def test_feedback_check_fails_when_bp2_ignores_b(monkeypatch) -> None:  # noqa: ANN001
+    import dataclasses
+
+    from manual_bp.check import OPS, run_feedback_suite
+
+    linear = next(op for op in OPS if op.name == "linear")
+    wrong = dataclasses.replace(linear, feedback=lambda x, w, b=None, feedback=None: F.linear(x, w, b))
+    rows = run_feedback_suite("fa", [wrong])
+    assert rows and not any(r.passed for r in rows)
+    assert all(r.passed for r in run_feedback_suite("fa", [linear]))
