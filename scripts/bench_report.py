@@ -154,6 +154,23 @@ def cross_entropy_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def feedback_lines(data: dict[str, Any]) -> list[str]:
+    """``--feedback``: a training step under each rule against backprop's, per path."""
+    rules = [k for k in data["feedback"][0]["ratio"] if k != "backprop"]
+    lines = [
+        "| batch | sizes | path | backprop | " + " | ".join(rules) + " | fa ≤ 1.10 |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in rules) + " | --- |",
+    ]
+    for r in data["feedback"]:
+        met = "met" if r["ratio"]["fa"] <= r["limit_fa"] else "missed"
+        lines.append(
+            f"| {r['batch']} | {r['sizes']} | {r['path']} | {fmt_seconds(r['seconds']['backprop'])} | "
+            + " | ".join(f"{r['ratio'][k]:.2f}" for k in rules)
+            + f" | {met} |"
+        )
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python scripts/bench_report.py BENCH.json", file=sys.stderr)
@@ -169,6 +186,9 @@ def main(argv: list[str]) -> int:
         return 0
     if "cross_entropy" in data:
         print("\n".join(cross_entropy_lines(data)) + "\n")
+        return 0
+    if "feedback" in data:
+        print("\n".join(feedback_lines(data)) + "\n")
         return 0
     print("\n".join(summary(data)) + "\n")
     print("\n".join(peak_lines(data) + digits_lines(data)) + "\n")
