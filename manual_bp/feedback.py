@@ -4,16 +4,16 @@ The seed's BP2 hands the layer below ``δ_{n+1} W_n`` (``W_nᵀ δ_{n+1}`` in it
 feedback rule replaces only that matrix; BP3 keeps each layer's own ``δ_{n+1}`` and input,
 ``∂c/∂W_n = δ_{n+1}ᵀ y_n``:
 
-===========  ============================================  ===================================
-rule         BP2 (what layer ``n`` hands down)             ``B_n``
-===========  ============================================  ===================================
-``backprop`` ``δ_{n+1} W_n``                               (the weight itself)
-``fa``       ``δ_{n+1} B_n``                               fixed random, ``W_n``'s shape
-``dfa``      ``e B_n``, ``e = ∂c/∂x_N`` the output error   fixed random, ``(D_N, D_n)``
-``sign``     ``δ_{n+1} sign(W_n)``                         the current ``W_n``'s signs
-``brsf``     ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` redrawn every training batch
-``frsf``     ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` drawn once
-===========  ============================================  ===================================
+============  ============================================  ===================================
+rule          BP2 (what layer ``n`` hands down)             ``B_n``
+============  ============================================  ===================================
+``backprop``  ``δ_{n+1} W_n``                               (the weight itself)
+``fa``        ``δ_{n+1} B_n``                               fixed random, ``W_n``'s shape
+``dfa``       ``e B_n``, ``e = ∂c/∂x_N`` the output error   fixed random, ``(D_N, D_n)``
+``sign``      ``δ_{n+1} sign(W_n)``                         the current ``W_n``'s signs
+``brsf``      ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` redrawn every training batch
+``frsf``      ``δ_{n+1} (|R| ⊙ sign(W_n))``                 ``R`` drawn once
+============  ============================================  ===================================
 
 References: feedback alignment (Lillicrap et al. 2016), direct feedback alignment (Nøkland 2016),
 sign-concordant feedback (Liao et al. 2016; Moskovitz et al. 2018).

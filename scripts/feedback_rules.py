@@ -6,7 +6,7 @@ process at a time with one torch thread, and prints a Markdown table of the test
 and max over the seeds), the last measured alignment angles and the run's wall time. ``--out``
 writes the results as JSON. docs/feedback.md quotes its output.
 
-    python scripts/feedback_rules.py --seeds 0 1 2 --out benchmarks/feedback_rules.json
+    python scripts/feedback_rules.py --seeds 0 1 2 --out benchmarks/training/feedback_rules.json
 """
 
 from __future__ import annotations

@@ -336,7 +336,8 @@ def test_ddp_spawn_with_a_rule_equals_one_process(tmp_path) -> None:  # noqa: AN
         trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy,
                              precision="64-true", max_epochs=2, limit_train_batches=6, limit_val_batches=0,
                              logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             enable_checkpointing=False, num_sanity_val_steps=0)  # fmt: skip
+                             enable_checkpointing=False, num_sanity_val_steps=0,
+                             callbacks=[FeedbackAlignment(every_n_steps=2, plot=False)])  # fmt: skip
         trainer.fit(module, DigitsDataModule(batch_size=batch_size))
         return {k: v.detach().clone() for k, v in module.net.state_dict().items()}
 
