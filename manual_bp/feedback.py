@@ -254,8 +254,10 @@ def _redraw(layer: Any) -> None:
 def feedback_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | None, *extra: Any) -> Tensor:
     """The forward of a manual layer whose rule is not ``"backprop"`` (its ``forward`` calls this)."""
     rule = layer.feedback_rule
-    if rule == "dfa" and torch.is_grad_enabled():
-        return _direct_forward(layer, input, weight, bias, *extra)
+    if rule == "dfa":  # (without a graph there is no BP2: the plain layer)
+        if torch.is_grad_enabled():
+            return _direct_forward(layer, input, weight, bias, *extra)
+        return layer.manual_forward(input, weight, bias, None, *extra)
     if rule == "brsf" and layer.training and torch.is_grad_enabled() and not _frozen[0]:
         _redraw(layer)  # a training batch: a new R
     return layer.manual_forward(input, weight, bias, feedback_matrix(layer, weight), *extra)

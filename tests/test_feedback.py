@@ -182,6 +182,17 @@ def test_dfa_on_a_cnn_hands_each_layer_e_times_its_matrix() -> None:
     torch.testing.assert_close(x.grad, (e @ model[0].feedback_weight).view_as(x))
 
 
+def test_dfa_model_runs_without_a_graph_before_its_matrices_are_drawn() -> None:
+    model = manual_bp.convert(_cnn(), feedback="dfa")
+    x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        plain = model(x)  # e.g. a shape probe before training: no BP2, nothing drawn
+    assert model[5].feedback_weight is None
+    torch.testing.assert_close(plain, manual_bp.revert(model)(x))
+    model(x.requires_grad_(True)).sum().backward()
+    assert model[5].feedback_weight.shape == (4, 50)
+
+
 def test_conv_transpose_rule_reads_b_in_bp2() -> None:
     layer = manual_bp.convert(nn.ConvTranspose2d(2, 3, 2, stride=2).double(), feedback="fa")
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
