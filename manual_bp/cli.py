@@ -6,7 +6,9 @@
   factory, converts a float64 copy of the model it returns and compares it with the native copy
   (:func:`manual_bp.check.check_model`); the exit code is 1 on a mismatch.
 * ``manual-bp train ...`` hands every remaining argument to the Lightning CLI
-  (``manual_bp.lightning.cli.main``).
+  (``manual_bp.lightning.cli.main``). ``manual-bp train --help`` is kept in a cache file
+  (:func:`_train_help`): building it imports Lightning, which alone takes 3-4 s.
+* ``manual-bp --version`` prints the version.
 
 A factory takes no arguments and returns ``(model, inputs)`` or ``(model, inputs, loss_fn)``, or a
 dict with the keys ``model``, ``inputs`` and optionally ``loss_fn``: ``model`` a ``torch.nn.Module``;
@@ -19,11 +21,17 @@ exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
+import io
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -40,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="manual-bp",
         description="Backpropagation written out by hand: validate the gradients, or train with Lightning.",
     )
+    parser.add_argument("--version", action="version", version=f"manual-bp {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{check,train}")
     check = sub.add_parser(
         "check",
@@ -85,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+def _version() -> str:
+    from manual_bp import __version__
+
+    return __version__
 
 
 def _progress(i: int, n: int, name: str) -> None:
@@ -270,6 +285,57 @@ def _to(obj: Any, device: Any) -> Any:
     return obj
 
 
+#: What ``manual-bp train --help`` depends on besides the arguments: these packages' versions and
+#: manual_bp's own Lightning code (the help lists the options of its classes).
+_HELP_PACKAGES = ("lightning", "jsonargparse", "torch", "torchmetrics")
+_HELP_SOURCES = ("cli.py", "lightning")
+
+
+def _help_cache_path(argv: list[str]) -> Path:
+    """The cache file of ``manual-bp train`` with ``argv`` (``--help`` or ``-h``): named by a hash of
+    Python's and the packages' versions, the size and time of every source file of manual_bp's
+    Lightning code and the terminal width, so that a change to any of them makes a new file."""
+    package = Path(__file__).resolve().parent
+    key = [sys.version, *argv, str(shutil.get_terminal_size().columns), str(package)]
+    for name in _HELP_PACKAGES:
+        try:
+            key.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            key.append(f"{name}=none")
+    for source in _HELP_SOURCES:
+        for path in (
+            sorted((package / source).rglob("*.py")) if (package / source).is_dir() else [package / source]
+        ):
+            stat = path.stat()
+            key.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:16]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "manual_bp" / f"train_help-{digest}.txt"
+
+
+def _train_help(argv: list[str]) -> int:
+    """Print ``manual-bp train --help``: from the cache file when there is one, else built by the
+    Lightning CLI (3-5 s of imports) and written to the cache file for the next time."""
+    path = _help_cache_path(argv)
+    if path.is_file():
+        sys.stdout.write(path.read_text())
+        return 0
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        try:
+            _train(argv)
+        except SystemExit as done:
+            if done.code not in (0, None):
+                raise
+    with contextlib.suppress(OSError):  # no cache where the home directory is read-only
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text.getvalue())
+        partial.replace(path)
+    sys.stdout.write(text.getvalue())
+    return 0
+
+
 def _train(argv: list[str]) -> int:
     try:
         from manual_bp.lightning.cli import main as train_main
@@ -290,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``manual-bp`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["train"] and argv[1:] in (["--help"], ["-h"]):
+            return _train_help(argv[1:])
         if argv[:1] == ["train"]:
             return _train(argv[1:])  # LightningCLI parses the rest, --help included
         parser = _parser()

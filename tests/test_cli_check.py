@@ -167,3 +167,57 @@ def test_check_unknown_op_names_the_ops(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["check", "--op", "convolution"]) == 2
     err = capsys.readouterr().err
     assert "no op named convolution" in err and "conv2d" in err and "layer_norm" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import manual_bp
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"manual-bp {manual_bp.__version__}"
+
+
+def _fake_train_cli(monkeypatch: pytest.MonkeyPatch, text: str, code: int = 0) -> list[list[str]]:
+    """Stand in for ``manual_bp.lightning.cli``: its ``main`` prints ``text`` and exits with ``code``."""
+    calls: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> None:
+        calls.append(list(argv))
+        print(text)
+        raise SystemExit(code)
+
+    monkeypatch.setitem(sys.modules, "manual_bp.lightning.cli", types.SimpleNamespace(main=fake_main))
+    return calls
+
+
+def test_train_help_is_built_once_then_read_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = _fake_train_cli(monkeypatch, "usage: manual-bp train [-h] ...")
+    assert cli.main(["train", "--help"]) == 0
+    assert cli.main(["train", "--help"]) == 0
+    assert calls == [["--help"]]  # the second time came from the cache
+    assert capsys.readouterr().out == "usage: manual-bp train [-h] ...\n" * 2
+    (cached,) = (tmp_path / "manual_bp").glob("train_help-*.txt")
+    assert cached.read_text() == "usage: manual-bp train [-h] ...\n"
+    assert cli.main(["train", "-h"]) == 0  # another argument: another cache file
+    assert calls == [["--help"], ["-h"]] and len(list((tmp_path / "manual_bp").glob("*.txt"))) == 2
+
+
+def test_train_help_cache_follows_the_sources_and_keeps_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    before = cli._help_cache_path(["--help"])
+    source = tmp_path / "lightning_cli.py"
+    source.write_text("x = 1\n")
+    monkeypatch.setattr(cli, "_HELP_SOURCES", (*cli._HELP_SOURCES, str(source)))
+    with_source = cli._help_cache_path(["--help"])
+    source.write_text("x = 22\n")  # an edited source file: a new cache file
+    assert len({before, with_source, cli._help_cache_path(["--help"])}) == 3
+    calls = _fake_train_cli(monkeypatch, "error: something", code=2)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert calls == [["--help"]] and not list(tmp_path.glob("manual_bp/*.txt"))

@@ -161,3 +161,38 @@ def test_tensorboard_logs_when_installed(tmp_path: Path, capsys: pytest.CaptureF
     events = list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()  # CSV logs as well
+
+
+def test_quiet_console_drops_the_tips_and_the_pytree_deprecation(caplog: pytest.LogCaptureFixture) -> None:
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    from manual_bp.lightning.cli import quiet_console
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _tree_flatten(1)  # Lightning's own LeafSpec(): the deprecation, before quiet_console
+        assert any("LeafSpec" in str(w.message) for w in caught)
+        caught.clear()
+        quiet_console()
+        _tree_flatten(1)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    caplog.set_level("INFO")
+    rank_zero_info("💡 Tip: try installing something")
+    rank_zero_info("a message about this run")
+    assert [r.getMessage() for r in caplog.records] == ["a message about this run"]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_evaluation_shards_hold_every_sample_once(world: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from manual_bp.lightning import DigitsDataModule, data
+
+    dm = DigitsDataModule(eval_batch_size=100)
+    dm.setup()
+    for stage, loader_of in (("val", dm.val_dataloader), ("test", dm.test_dataloader)):
+        seen = []
+        for rank in range(world):
+            monkeypatch.setattr(data, "_world", lambda rank=rank: (world, rank))
+            seen += [tuple(row.tolist()) for batch_x, _ in loader_of() for row in batch_x]
+        expected = sorted(tuple(row.tolist()) for row in dm._splits[stage].tensors[0])
+        assert sorted(seen) == expected  # no sample repeated, none left out

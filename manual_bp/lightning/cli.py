@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -104,12 +105,34 @@ class ManualBPCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: ... try installing litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+#: The loggers Lightning's ``rank_zero_info`` writes to (Fabric's and the Trainer's).
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def quiet_console() -> None:
+    """Silence what Lightning prints that says nothing about this run: its tips, and the
+    ``isinstance(treespec, LeafSpec)`` deprecation that its own ``_pytree`` triggers in torch >= 2.10."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
 def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
     return next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``manual-bp train`` with the arguments ``argv`` (default: ``sys.argv[1:]``)."""
+    quiet_console()
     with warnings.catch_warnings():
         # `manual-bp train ARGS` passes ARGS while sys.argv still holds "train ARGS" (DDP re-runs it)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -26,6 +26,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -127,13 +128,20 @@ class ArrayDataModule(pl.LightningDataModule):
         return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self._stage_data("val"), batch_size=self.eval_batch_size, num_workers=self.num_workers
-        )
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        """Batches of ``eval_batch_size`` in the split's order, sharded by rank without padding:
+        under DDP every sample is evaluated exactly once (Lightning's own ``DistributedSampler``
+        would repeat samples to even out the shards, and warns about it)."""
+        data = self._stage_data(name)
+        world, rank = _world()
+        sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
-            self._stage_data("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers
+            data, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers
         )
 
     def predict_dataloader(self) -> DataLoader:
