@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -37,6 +38,7 @@ __all__ = ["DEFAULTS", "ManualBPCLI", "default_loggers", "main", "resolve_last_c
 DEFAULTS: dict[str, Any] = {
     "seed_everything": 0,
     "max_epochs": 80,
+    "threads": 1,
 }
 
 
@@ -92,6 +94,16 @@ class ManualBPCLI(LightningCLI):
             help="Resume fitting from this checkpoint; 'last' takes the newest last.ckpt of earlier runs.",
         )
         parser.add_argument(
+            "--threads",
+            type=int,
+            default=DEFAULTS["threads"],
+            help=(
+                "Intra-op CPU threads per process (torch.set_num_threads; also OMP_NUM_THREADS for the "
+                "processes DDP starts); 0 keeps torch's default (one per core). Default 1: the small "
+                "networks trained here lose time to threading (see docs/training.md)."
+            ),
+        )
+        parser.add_argument(
             "--test",
             type=bool,
             default=True,
@@ -126,6 +138,17 @@ def quiet_console() -> None:
             logger.addFilter(_DropTips())
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op CPU threads in this process and in the processes it starts (DDP's
+    launcher and ``ddp_spawn`` read ``OMP_NUM_THREADS``); ``0`` leaves torch's default."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's default) or a positive number, got {threads!r}")
+    if threads == 0:
+        return
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
     return next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
 
@@ -147,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "manual-bp train", "description": __doc__.split("\n\n")[0]},
         )
+    set_threads(cli.config.get("threads", DEFAULTS["threads"]))
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     checkpoint = _checkpoint_callback(trainer)
     ckpt_path = cli.config.get("ckpt_path")
