@@ -197,6 +197,45 @@ def test_file_data_missing_file_and_bad_containers(tmp_path) -> None:  # noqa: A
         FileDataModule(str(tmp_path / "n.pt")).setup("fit")
 
 
+def test_digits_as_images_are_the_rows_of_pixels() -> None:
+    rows, images = DigitsDataModule(), DigitsDataModule(images=True)
+    rows.setup("fit")
+    images.setup("fit")
+    x_rows, x_images = rows._stage_data("train").tensors[0], images._stage_data("train").tensors[0]
+    assert x_rows.shape[1:] == (64,) and x_images.shape[1:] == (1, 8, 8)
+    assert (images.sample_shape, images.num_features, images.num_classes) == ((1, 8, 8), 64, 10)
+    torch.testing.assert_close(x_images[:, 0, 2, :], x_rows[:, 16:24], rtol=0, atol=0)  # row 2 of each image
+    assert rows.split_sizes() == images.split_sizes()
+
+
+@pytest.mark.parametrize("suffix", ["npz", "pt"])
+def test_file_data_takes_any_sample_shape(tmp_path, suffix: str) -> None:  # noqa: ANN001
+    x = np.random.default_rng(0).random((40, 3, 4, 5)).astype(np.float32)
+    y = np.arange(40) % 4
+    path = tmp_path / f"images.{suffix}"
+    if suffix == "npz":
+        np.savez(path, x=x, y=y)
+    else:
+        torch.save({"x": torch.tensor(x), "y": torch.tensor(y)}, path)
+    data = FileDataModule(str(path))
+    data.setup("fit")
+    assert (data.sample_shape, data.num_features, data.num_classes) == ((3, 4, 5), 60, 4)
+    batch_x, batch_y = next(iter(data.train_dataloader()))
+    assert batch_x.shape == (16, 3, 4, 5) and batch_x.dtype == torch.float32 and batch_y.shape == (16,)
+    loaded = torch.cat([data._stage_data(s).tensors[0] for s in ("train", "val", "test")])
+    assert sorted(loaded.sum((1, 2, 3)).tolist()) == pytest.approx(sorted(x.sum((1, 2, 3)).tolist()))
+
+
+def test_samples_without_a_feature_dim_are_refused(tmp_path) -> None:  # noqa: ANN001
+    torch.save({"x": torch.zeros(20), "y": torch.zeros(20, dtype=torch.long)}, tmp_path / "flat.pt")
+    with pytest.raises(
+        ValueError, match=r"x must have a sample dim and at least one more.*got shape \(20,\)"
+    ):
+        FileDataModule(str(tmp_path / "flat.pt")).setup("fit")
+    with pytest.raises(TypeError, match=r"images must be True or False, got 'yes'"):
+        DigitsDataModule(images="yes")  # type: ignore[arg-type]
+
+
 def test_datamodule_argument_errors() -> None:
     with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got 0"):
         DigitsDataModule(val_fraction=0)

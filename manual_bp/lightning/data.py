@@ -1,13 +1,15 @@
 """DataModules for ``manual-bp train``: the digits that scikit-learn ships, a teacher network, your files.
 
-Every DataModule here yields batches ``(x, y)`` with ``x (N, D) float32`` and
+Every DataModule here yields batches ``(x, y)`` with ``x (N, D) float32`` (or any sample shape,
+``x (N, C, H, W)`` for images: ``DigitsDataModule(images=True)``, ``FileDataModule``) and
 
 - classification: ``y (N,) int64`` class labels in ``[0, num_classes)``; the LightningModule turns them
   into one-hot targets for the half squared error (or passes them to the cross-entropy);
 - regression: ``y (N, T) float32`` targets.
 
 Loading happens in ``setup(stage)`` (nothing is downloaded). After ``setup`` a DataModule knows
-``task``, ``num_features``, ``num_outputs`` (classes, or target columns) and ``num_classes``.
+``task``, ``sample_shape`` (``x.shape[1:]``), ``num_features`` (its number of elements),
+``num_outputs`` (classes, or target columns) and ``num_classes``.
 
 Splits are seeded (and stratified by label for classification) with scikit-learn's
 ``train_test_split``. The training order is a seeded permutation per epoch (``seed + epoch``), so a
@@ -93,6 +95,7 @@ class ArrayDataModule(pl.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.num_workers = num_workers
+        self.sample_shape: tuple[int, ...] | None = None
         self.num_features: int | None = None
         self.num_outputs: int | None = None
         self.num_classes: int | None = None
@@ -100,7 +103,8 @@ class ArrayDataModule(pl.LightningDataModule):
 
     # -- what subclasses write ---------------------------------------------------------------------
     def load(self) -> tuple[Tensor, Tensor]:
-        """Return all samples: ``x (N, D)`` floating, ``y (N,)`` labels or ``(N, T)`` targets."""
+        """Return all samples: ``x (N, D)`` or ``(N, *sample_shape)`` numbers, ``y (N,)`` labels or
+        ``(N, T)`` targets."""
         raise NotImplementedError
 
     # -- LightningDataModule -----------------------------------------------------------------------
@@ -163,8 +167,11 @@ class ArrayDataModule(pl.LightningDataModule):
     def _validate(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Check shapes, dtypes and labels; set ``num_features``, ``num_outputs``, ``num_classes``."""
         source = self._source()
-        if x.dim() != 2:
-            raise ValueError(f"{source}: x must be 2-D (samples, features), got shape {tuple(x.shape)}")
+        if x.dim() < 2:
+            raise ValueError(
+                f"{source}: x must have a sample dim and at least one more, (N, D) or e.g. (N, C, H, W), "
+                f"got shape {tuple(x.shape)}"
+            )
         if not (x.is_floating_point() or _is_integer(x)):
             raise TypeError(f"{source}: x must hold numbers, got dtype {x.dtype}")
         x = x.to(torch.float32)
@@ -174,7 +181,8 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ValueError(f"{source}: need at least 10 samples to split, got {len(x)}")
         if not torch.isfinite(x).all():
             raise ValueError(f"{source}: x holds NaN or infinite values")
-        self.num_features = x.shape[1]
+        self.sample_shape = tuple(x.shape[1:])
+        self.num_features = math.prod(self.sample_shape)
         if self.task == "classification":
             y = self._validate_labels(y, source)
             self.num_outputs = self.num_classes
@@ -258,17 +266,39 @@ def _is_integer(tensor: Tensor) -> bool:
 class DigitsDataModule(ArrayDataModule):
     """The 8×8 digits that scikit-learn ships (1,797 images, 10 classes): no download.
 
-    Inputs are the 64 pixel intensities scaled from 0..16 to [0, 1]; labels are 0..9. The split is
+    Inputs are the 64 pixel intensities scaled from 0..16 to [0, 1], as 64 features (``images=False``)
+    or as 1×8×8 images for convolutional networks (``images=True``); labels are 0..9. The split is
     stratified and seeded: by default 70% train, 10% validation, 20% test.
+
+    Args:
+        images: give ``x`` as ``(N, 1, 8, 8)`` images instead of ``(N, 64)`` rows.
     """
 
     task: Task = "classification"
+
+    def __init__(
+        self,
+        images: bool = False,
+        batch_size: int = 16,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, val_fraction, test_fraction, seed, shuffle, num_workers)
+        if not isinstance(images, bool):
+            raise TypeError(f"images must be True or False, got {images!r}")
+        self.images = images
 
     def load(self) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0  # (1797, 64) in [0, 1]
+        if self.images:
+            x = x.reshape(-1, 1, 8, 8)  # (1797, 64) -> (1797, 1, 8, 8): rows of 8 pixels, top first
         y = torch.as_tensor(digits.target, dtype=torch.int64)  # (1797,)
         return x, y
 
@@ -347,10 +377,11 @@ class FileDataModule(ArrayDataModule):
     - ``.csv``: one sample per row, the feature columns first and the ``num_targets`` target columns
       last (for classification one last column of integer labels ``0..C-1``). A first row that is
       not numeric is taken as a header. ``delimiter`` sets the separator.
-    - ``.npz`` (``numpy.savez``): arrays ``x`` of shape ``(N, D)`` and ``y`` of shape ``(N,)`` (labels,
-      or one target) or ``(N, T)`` (targets).
-    - ``.pt`` (``torch.save``): a dict ``{"x": Tensor (N, D), "y": Tensor (N,) or (N, T)}``; loaded with
-      ``weights_only=True``.
+    - ``.npz`` (``numpy.savez``): arrays ``x`` of shape ``(N, D)``, or any sample shape such as
+      ``(N, C, H, W)`` images, and ``y`` of shape ``(N,)`` (labels, or one target) or ``(N, T)``
+      (targets).
+    - ``.pt`` (``torch.save``): a dict ``{"x": Tensor (N, ...), "y": Tensor (N,) or (N, T)}``; loaded
+      with ``weights_only=True``.
 
     Args:
         path: the file.
@@ -358,7 +389,7 @@ class FileDataModule(ArrayDataModule):
         num_targets: target columns at the end of each csv row (classification: 1).
         num_classes: the number of classes; labels must lie in ``0..num_classes-1``. Default: the
             largest label + 1.
-        num_features: if given, the number of feature columns the file must have.
+        num_features: if given, the number of feature columns the file must have (2-D ``x`` only).
         delimiter: csv field separator.
     """
 
