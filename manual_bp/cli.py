@@ -23,16 +23,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
 import io
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from manual_bp._factory import FactoryError, call_factory, describe
 
 __all__ = ["main"]
 
@@ -109,63 +109,12 @@ def _progress(i: int, n: int, name: str) -> None:
         print(f"\rchecking {i + 1}/{n}: {name}\033[K", end=end, file=sys.stderr, flush=True)
 
 
-def _load_factory(spec: str) -> Callable[[], Any]:
-    """Import ``module:attr`` or ``file.py:attr`` and return the attribute, or raise ``UsageError``."""
-    if ":" not in spec:
-        raise UsageError(
-            f"--model expects 'package.module:factory' or 'file.py:factory', got {spec!r} (no ':')"
-        )
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise UsageError(f"--model expects 'package.module:factory' or 'file.py:factory', got {spec!r}")
-    if target.endswith(".py"):
-        if not os.path.isfile(target):
-            raise UsageError(f"--model: no such file {target!r}")
-        name = "_manual_bp_factory_" + os.path.splitext(os.path.basename(target))[0]
-        loader_spec = importlib.util.spec_from_file_location(name, target)
-        if loader_spec is None or loader_spec.loader is None:
-            raise UsageError(f"--model: cannot load {target!r} as a Python file")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as error:
-            raise UsageError(
-                f"--model: importing {target!r} failed: {type(error).__name__}: {error}"
-            ) from error
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as 'python -m' would: modules in the current directory import
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as error:
-            raise UsageError(f"--model: cannot import module {target!r}: {error}") from error
-        except Exception as error:
-            raise UsageError(
-                f"--model: importing {target!r} failed: {type(error).__name__}: {error}"
-            ) from error
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"--model: module {target!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UsageError(
-            f"--model: {spec!r} is a {type(obj).__name__}, expected a function returning (model, inputs)"
-        )
-    return obj
-
-
 def _call_factory(spec: str) -> tuple[Any, Any, Any]:
     """``(model, inputs, loss_fn)`` from the user's factory, checked; ``UsageError`` if it is wrong."""
     import torch
     from torch import nn
 
-    factory = _load_factory(spec)
-    try:
-        result = factory()
-    except Exception as error:
-        raise UsageError(f"--model: {spec}() raised {type(error).__name__}: {error}") from error
+    result = call_factory(spec)
     expected = "(model, inputs), (model, inputs, loss_fn) or a dict with keys 'model' and 'inputs'"
     if isinstance(result, Mapping):
         unknown = set(result) - {"model", "inputs", "loss_fn"}
@@ -177,28 +126,22 @@ def _call_factory(spec: str) -> tuple[Any, Any, Any]:
     elif isinstance(result, Sequence) and not isinstance(result, str) and len(result) in (2, 3):
         model, inputs, loss_fn = (*result, None)[:3]
     else:
-        raise UsageError(f"--model: {spec}() returned {_describe(result)}; expected {expected}")
+        raise UsageError(f"--model: {spec}() returned {describe(result)}; expected {expected}")
     if not isinstance(model, nn.Module):
         raise UsageError(
-            f"--model: {spec}() returned {_describe(model)} as the model; expected a torch.nn.Module"
+            f"--model: {spec}() returned {describe(model)} as the model; expected a torch.nn.Module"
         )
     if not (
         isinstance(inputs, (torch.Tensor, Mapping))
         or (isinstance(inputs, (tuple, list)) and any(isinstance(a, torch.Tensor) for a in inputs))
     ):
         raise UsageError(
-            f"--model: {spec}() returned {_describe(inputs)} as the inputs; expected a Tensor, a tuple or "
+            f"--model: {spec}() returned {describe(inputs)} as the inputs; expected a Tensor, a tuple or "
             "list of positional arguments (with at least one Tensor), or a dict of keyword arguments"
         )
     if loss_fn is not None and not callable(loss_fn):
-        raise UsageError(f"--model: {spec}() returned {_describe(loss_fn)} as loss_fn; expected a callable")
+        raise UsageError(f"--model: {spec}() returned {describe(loss_fn)} as loss_fn; expected a callable")
     return model, inputs, loss_fn
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, (tuple, list)):
-        return f"a {type(obj).__name__} of {len(obj)} item{'s' if len(obj) != 1 else ''}"
-    return f"a {type(obj).__name__}"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -366,6 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return _check(args)
-    except UsageError as error:
+    except (UsageError, FactoryError) as error:
         print(f"manual-bp: error: {error}", file=sys.stderr)
         return 2

@@ -196,3 +196,32 @@ def test_evaluation_shards_hold_every_sample_once(world: int, monkeypatch: pytes
             seen += [tuple(row.tolist()) for batch_x, _ in loader_of() for row in batch_x]
         expected = sorted(tuple(row.tolist()) for row in dm._splits[stage].tensors[0])
         assert sorted(seen) == expected  # no sample repeated, none left out
+
+
+def test_threads_option_sets_the_threads_of_this_and_started_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from manual_bp.lightning.cli import DEFAULTS, set_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    before = torch.get_num_threads()
+    try:
+        set_threads(0)  # torch's default: nothing changes
+        assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "7"
+        set_threads(2)
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(
+            ValueError, match=r"--threads must be 0 \(torch's default\) or a positive number, got"
+        ):
+            set_threads(bad)  # type: ignore[arg-type]
+    assert DEFAULTS["threads"] == 1
+
+
+def test_threads_option_is_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--threads", "3", "--data.init_args.images", "true", "--print_config"])
+    out = capsys.readouterr().out
+    assert "threads: 3" in out and "images: true" in out

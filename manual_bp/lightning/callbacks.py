@@ -1,9 +1,10 @@
 """Callbacks of ``manual-bp train``: a gradient check before the first step, and gradient-flow plots.
 
-- :class:`GradientCheck` compares, on one training batch and before any update, the manual
-  gradients with native autograd's on a ``torch.nn`` twin of the network (same weights, float64)
-  and stops training with :class:`GradientCheckError` when the largest relative error is above the
-  tolerance.
+- :class:`GradientCheck` prints how much of the network's backward is explicit
+  (:func:`manual_bp.coverage`), then compares, on one training batch and before any update, the
+  manual gradients with native autograd's on a ``torch.nn`` twin of the network (same weights,
+  float64) and stops training with :class:`GradientCheckError` when the largest relative error is
+  above the tolerance.
 - :class:`GradientFlow` logs the norm of every linear layer's weight gradient ``‖∂c/∂W_n‖ =
   ‖Δ_{n+1}ᵀ Y_n‖`` (BP3) at every optimizer step as ``grad_norm/<layer>``, and at the end of fitting
   writes two PNG files into the run directory: ``curves.png`` (loss and accuracy or MSE per epoch)
@@ -23,6 +24,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from manual_bp.check._tolerances import errors as relative_error
+from manual_bp.check._tolerances import tolerances
+from manual_bp.coverage import Coverage, coverage
 from manual_bp.feedback import feedback_rules, gradient_alignment, use_backprop, weight_alignment
 from manual_bp.lightning.module import ManualBPModule, native_loss, native_twin
 
@@ -36,7 +40,10 @@ class GradientCheckError(RuntimeError):
 def compare_gradients(
     module: ManualBPModule, x: Tensor, y: Tensor, dtype: torch.dtype = torch.float64
 ) -> dict[str, float]:
-    """Relative error ``max|g_manual − g_native| / max|g_native|`` of every parameter's gradient.
+    """Relative error ``max|g_manual − g_native| / max(max|g_native|, atol)`` of every parameter's
+    gradient (``atol`` of ``torch.testing.assert_close`` for ``dtype``: 1e-7 in float64, so that a
+    gradient that is zero up to rounding, like a conv bias's before BatchNorm, does not read as a
+    large relative error).
 
     Both networks are deep copies of ``module.net`` cast to ``dtype``: the manual one as it is, the
     native one through :func:`~manual_bp.lightning.module.native_twin`; both see the batch ``(x, y)``
@@ -58,6 +65,7 @@ def compare_gradients(
             output = net(x)
             loss_of(output, y).backward()
             grads.append({name: p.grad for name, p in net.named_parameters() if p.requires_grad})
+    floor = tolerances(dtype)[1]  # a gradient that is zero up to rounding: conv bias before BatchNorm
     errors: dict[str, float] = {}
     for name, expected in grads[1].items():
         actual = grads[0].get(name)
@@ -66,9 +74,7 @@ def compare_gradients(
         if expected is None or actual is None:
             errors[name] = math.inf  # one side has a gradient, the other none
             continue
-        scale = expected.abs().max().item()
-        diff = (actual - expected).abs().max().item()
-        errors[name] = diff / scale if scale > 0 else diff
+        errors[name] = relative_error(actual, expected, floor)[1]
     return errors
 
 
@@ -80,15 +86,19 @@ def _native_loss_of(module: ManualBPModule) -> Any:
 
 
 class GradientCheck(pl.Callback):
-    """Before the first optimizer step, compare one batch's manual gradients with native autograd.
+    """Before the first optimizer step, say how much of the backward is explicit and compare one
+    batch's manual gradients with native autograd.
 
-    Logs ``grad_check/max_rel_error`` (to every logger, at step 0) and prints it; raises
-    :class:`GradientCheckError`, naming the worst parameters, when it exceeds ``tolerance``.
+    Prints the first line of :func:`manual_bp.coverage` on that batch and loss (``explicit
+    backward: 100% of parameter elements (...)``) and logs its share as
+    ``grad_check/explicit_share``. Logs ``grad_check/max_rel_error`` (to every logger, at step 0)
+    and prints it; raises :class:`GradientCheckError`, naming the worst parameters, when it
+    exceeds ``tolerance``.
 
     Args:
         tolerance: the largest relative error allowed (the comparison runs in float64, where
             agreement is at the level of 1e-15; float32 rounding would be about 1e-6).
-        enabled: ``False`` skips the check.
+        enabled: ``False`` skips the check and the coverage line.
     """
 
     def __init__(self, tolerance: float = 1e-6, enabled: bool = True) -> None:
@@ -98,6 +108,7 @@ class GradientCheck(pl.Callback):
         self.enabled = enabled
         self.errors: dict[str, float] = {}
         self.max_rel_error: float | None = None
+        self.coverage: Coverage | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled:
@@ -111,6 +122,7 @@ class GradientCheck(pl.Callback):
             loader = next(iter(loader.values()))
         with torch.random.fork_rng(devices=[]):  # drawing a batch must not move the RNG of training
             x, y = next(iter(loader))[:2]
+        self._report_coverage(trainer, pl_module, x, y)
         self.errors = compare_gradients(pl_module, x, y)
         self.max_rel_error = max(self.errors.values(), default=0.0)
         for logger in trainer.loggers:
@@ -130,6 +142,17 @@ class GradientCheck(pl.Callback):
                 f"{self.max_rel_error:.3e} > tolerance {self.tolerance:g} (worst: {table}). "
                 "Training stopped before the first step; run `manual-bp check` to find the faulty op."
             )
+
+    def _report_coverage(self, trainer: pl.Trainer, module: ManualBPModule, x: Tensor, y: Tensor) -> None:
+        param = next(module.net.parameters(), None)
+        device = param.device if param is not None else x.device
+        x, y = x.to(device), y.to(device)
+        self.coverage = coverage(module.net, x, loss_fn=lambda output: module.compute_loss(output, y))
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"grad_check/explicit_share": self.coverage.parameter_share}, step=trainer.global_step
+            )
+        rank_zero_info(str(self.coverage).splitlines()[0])
 
 
 class GradientFlow(pl.Callback):

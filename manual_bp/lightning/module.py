@@ -8,6 +8,7 @@ the loss, the optimizer and the metrics. Batches are ``(x, y)`` as the DataModul
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
 from typing import Any, Literal
@@ -20,12 +21,13 @@ from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 import manual_bp
+from manual_bp._factory import FactoryError, call_factory, describe
 from manual_bp.convert import native_twin
 from manual_bp.engine import LOSSES
 from manual_bp.feedback import check_rule, set_feedback
 from manual_bp.mlp import MLP
 
-__all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin"]
+__all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin", "network_from_factory"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
@@ -63,6 +65,13 @@ class ManualBPModule(pl.LightningModule):
         feedback_scale: the factor on the rule's random matrices (and on ``sign(W)``).
         feedback_seed: the seed of the rule's random matrices (apart from ``seed_everything``: the
             same on every process).
+        factory: ``"package.module:function"`` or ``"path/to/file.py:function"``, a function without
+            arguments that returns your ``torch.nn.Module``; the network is
+            ``manual_bp.convert(function())`` (``sizes`` and the activations are ignored). The path is
+            saved in the checkpoint's hyperparameters, so ``load_from_checkpoint`` and resuming
+            rebuild the network from it. Give ``net`` or ``factory``, not both.
+        functional: also convert the torch function calls the factory's model makes
+            (``convert(..., functional=True)``); needs a ``manual_bp.convert`` that has that option.
 
     The loss is a per-sample *mean*, so under DDP the averaged gradient of ``k`` processes with
     batch ``B / k`` equals the gradient one process computes on the whole batch ``B``.
@@ -89,6 +98,8 @@ class ManualBPModule(pl.LightningModule):
         feedback: Literal["backprop", "fa", "dfa", "sign", "brsf", "frsf"] = "backprop",
         feedback_scale: float = 1.0,
         feedback_seed: int = 0,
+        factory: str | None = None,
+        functional: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -103,6 +114,12 @@ class ManualBPModule(pl.LightningModule):
             raise ValueError("loss='cross_entropy' needs task='classification', got task='regression'")
         check_rule(feedback, feedback_scale, feedback_seed)
         self.save_hyperparameters(ignore=["net"])
+        if net is not None and factory is not None:
+            raise ValueError(f"give net or factory, not both (got a {type(net).__name__} and {factory!r})")
+        if functional and factory is None:
+            raise ValueError("functional=True converts the model of a factory: give factory too")
+        if factory is not None:
+            net = network_from_factory(factory, functional)
         self.net = net if net is not None else MLP(sizes, activation, output_activation)
         if feedback != "backprop":
             output_size = self.net.sizes[-1] if isinstance(self.net, MLP) else None
@@ -153,7 +170,9 @@ class ManualBPModule(pl.LightningModule):
             raise ValueError("loss='cross_entropy' needs classification data, got a regression DataModule")
         self.task = task
         if datamodule is not None and getattr(datamodule, "num_features", None) is not None:
-            self.check_network_fits(datamodule.num_features, datamodule.num_outputs, task)
+            shape = getattr(datamodule, "sample_shape", None)
+            features = shape if shape is not None and len(shape) > 1 else datamodule.num_features
+            self.check_network_fits(features, datamodule.num_outputs, task)
         if task == "classification" and num_classes is None:
             num_classes = self._output_size()
         if self.train_metric is None or self.num_classes != num_classes:
@@ -171,8 +190,8 @@ class ManualBPModule(pl.LightningModule):
             make = MeanSquaredError
         self.train_metric, self.val_metric, self.test_metric = make(), make(), make()
 
-    def _probe(self, num_features: int) -> Tensor:
-        """The network's output for a zero batch of two samples of ``num_features`` features."""
+    def _probe(self, sample_shape: tuple[int, ...]) -> Tensor:
+        """The network's output for a zero batch of two samples of shape ``sample_shape``."""
         param = next(self.net.parameters(), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         device = param.device if param is not None else torch.device("cpu")
@@ -180,7 +199,7 @@ class ManualBPModule(pl.LightningModule):
         self.net.eval()
         try:
             with torch.no_grad():
-                return self.net(torch.zeros(2, num_features, dtype=dtype, device=device))
+                return self.net(torch.zeros(2, *sample_shape, dtype=dtype, device=device))
         finally:
             self.net.train(was_training)
 
@@ -188,29 +207,41 @@ class ManualBPModule(pl.LightningModule):
         first = _first_linear(self.net)
         if first is None:
             raise ValueError("cannot tell the network's number of outputs; pass num_classes")
-        return int(self._probe(first.in_features).shape[-1])
+        return int(self._probe((first.in_features,)).shape[-1])
 
-    def check_network_fits(self, num_features: int, num_outputs: int | None, task: str) -> None:
-        """Raise a ``ValueError`` unless the network takes ``num_features`` inputs and gives
-        ``num_outputs`` outputs (classes for classification, targets for regression)."""
+    def check_network_fits(
+        self, num_features: int | tuple[int, ...], num_outputs: int | None, task: str
+    ) -> None:
+        """Raise a ``ValueError`` unless the network takes samples of ``num_features`` features (or of
+        the shape ``num_features``, e.g. ``(1, 8, 8)``) and gives ``num_outputs`` outputs (classes for
+        classification, targets for regression)."""
+        shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
         first = _first_linear(self.net)
-        if first is not None and first.in_features != num_features and _takes_input_first(self.net, first):
+        if (
+            len(shape) == 1
+            and first is not None
+            and first.in_features != shape[0]
+            and _takes_input_first(self.net, first)
+        ):
             raise ValueError(
                 f"the network expects {first.in_features} input features (its first layer is "
-                f"{first.in_features} -> {first.out_features}) but the data has {num_features}; "
-                f"set the first entry of --model.sizes to {num_features}"
+                f"{first.in_features} -> {first.out_features}) but the data has {shape[0]}; "
+                f"set the first entry of --model.sizes to {shape[0]}"
             )
         try:
-            out = self._probe(num_features)
+            out = self._probe(shape)
         except Exception as error:  # noqa: BLE001 (re-raised with the data's side of the story)
-            raise ValueError(
-                f"the network does not accept the data's {num_features} input features: {error}"
-            ) from error
+            what = f"{shape[0]} input features" if len(shape) == 1 else f"samples of shape {shape}"
+            raise ValueError(f"the network does not accept the data's {what}: {error}") from error
         what = "classes" if task == "classification" else "target columns"
         if num_outputs is not None and out.shape[-1] != num_outputs:
+            factory = self.hparams.get("factory")
+            fix = (
+                f"the model of {factory} must end in" if factory else "set the last entry of --model.sizes to"
+            )
             raise ValueError(
                 f"the network gives {out.shape[-1]} outputs but the data has {num_outputs} {what}; "
-                f"set the last entry of --model.sizes to {num_outputs}"
+                f"{fix} {num_outputs}"
             )
 
     # -- loss ----------------------------------------------------------------------------------------
@@ -271,6 +302,28 @@ class ManualBPModule(pl.LightningModule):
         elif self.hparams.momentum:
             raise ValueError(f"momentum applies to 'sgd' and 'rmsprop', not {name!r}")
         return OPTIMIZERS[name](self.parameters(), **kwargs)
+
+
+def network_from_factory(factory: str, functional: bool = False) -> nn.Module:
+    """``manual_bp.convert(f())`` for the factory ``f`` that ``factory`` names (``"pkg.module:f"`` or
+    ``"file.py:f"``, resolved as ``manual-bp check --model`` does; errors are
+    :class:`~manual_bp._factory.FactoryError`, a ``ValueError``, naming ``--model.factory``)."""
+    option = "--model.factory"
+    model = call_factory(factory, option, returning="a torch.nn.Module")
+    if not isinstance(model, nn.Module):
+        raise FactoryError(
+            f"{option}: {factory}() returned {describe(model)}; expected a torch.nn.Module "
+            "(a factory for `manual-bp check --model` returns (model, inputs): train takes the model only)"
+        )
+    if not functional:
+        return manual_bp.convert(model, inplace=True)
+    if "functional" not in inspect.signature(manual_bp.convert).parameters:
+        raise ValueError(
+            "--model.functional true needs manual_bp.convert(model, functional=True), which this version "
+            f"of manual_bp ({manual_bp.__version__}) does not have yet; leave it false (torch function "
+            "calls in forward then stay native: `manual-bp check --model` lists them)"
+        )
+    return manual_bp.convert(model, inplace=True, functional=True)  # type: ignore[call-arg]
 
 
 def _first_linear(model: nn.Module) -> nn.Linear | None:
