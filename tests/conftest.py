@@ -1,8 +1,10 @@
-"""Shared test setup: a fixed seed per test, and a bounded hypothesis profile.
+"""Shared test setup: a fixed seed per test, a bounded hypothesis profile, and CUDA tests skipped
+without CUDA.
 
 ``python -m pytest -m "not slow" -q`` is the quick subset (about 41-48 s here with OMP_NUM_THREADS=1,
 up to ~54 s while other jobs share the 2 cores); the full suite, slow tests included, is
-``python -m pytest -q``.
+``python -m pytest -q``. ``python -m pytest -m cuda`` runs only the tests marked
+``@pytest.mark.cuda`` (on a GPU machine: ``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -22,3 +24,13 @@ settings.load_profile("manual_bp")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every test marked ``cuda`` when this machine has no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (an NVIDIA GPU): run scripts/gpu_check.sh on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -318,7 +318,7 @@ def test_compile_fullgraph_draws_like_eager(name: str) -> None:
     torch.testing.assert_close(g, r)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cuda_masks_like_native(name: str) -> None:
     """On CUDA plain dropout takes native's fused kernel's mask; the feature variants draw as on CPU."""
