@@ -123,7 +123,7 @@ def test_train_the_example_cnn_with_bf16_mixed_precision_from_the_command_line(
     assert f"GPU available: {device == 'cuda'}, used: {device == 'cuda'}" in done.stderr
     assert "explicit backward: 100% of parameter elements" in done.stderr
     accuracy = float(done.stdout.split("test accuracy: ")[1].split()[0])
-    assert accuracy > 0.8  # two epochs of the example CNN (float32 on the CPU: 0.96)
+    assert accuracy > 0.8  # two epochs of the example CNN: 0.953 in float32, 0.958 in bf16-mixed on the CPU
 
 
 # -- two processes on one device (gloo: NCCL refuses two ranks on one GPU) ---------------------------
