@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from _distributed import free_port, gloo_group
 from torch import nn
 from torch.testing import assert_close
 
@@ -148,22 +147,12 @@ def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def _ddp_worker(rank: int, world: int, port: int, device: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, world, port):
         model, x, target = _ddp_case(device)
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[0] if device == "cuda" else None)
         rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
         _train(ddp, x[rows], target[rows])
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("device", SLOW_ON_CPU)
@@ -171,7 +160,7 @@ def test_ddp_two_processes_on_one_device_equal_one_process(device: str, tmp_path
     """Two ranks on the same device, each on half the batch: DDP's averaged gradients (per-sample mean
     loss) give the weights one process reaches on the whole batch."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), device, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), device, str(tmp_path)), nprocs=2, join=True)
     model, x, target = _ddp_case(device)
     before = copy.deepcopy(model.state_dict())
     _train(model, x, target)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _distributed import free_port, gloo_group
 from torch.testing import assert_close
 
 import manual_bp
@@ -53,9 +53,7 @@ def make_case(name: str, loss: str, kind: str) -> tuple[manual_bp.MLP, torch.Ten
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, world, port):
         results = {}
         for name, loss, kind, reduction, split in CASES:
             net, x, target = make_case(name, loss, kind)
@@ -68,20 +66,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         mean_loss = engine.sgd_epoch(net, x[rows], target[rows], LR, batch_size=2)
         results["epoch"] = (net.state_dict(), mean_loss)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_processes_on_shards_equal_one_process_on_the_batch(tmp_path: Path) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name, loss, kind, reduction, _ in CASES:
         net, x, target = make_case(name, loss, kind)
