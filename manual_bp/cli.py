@@ -97,9 +97,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from manual_bp import __version__
+    """The installed version, read without importing manual_bp (and torch with it)."""
+    try:
+        return importlib.metadata.version("manual_bp")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        from manual_bp import __version__
 
-    return __version__
+        return __version__
 
 
 def _progress(i: int, n: int, name: str) -> None:
@@ -256,13 +260,25 @@ def _help_cache_path(argv: list[str]) -> Path:
     return Path(root) / "manual_bp" / f"train_help-{digest}.txt"
 
 
-def _train_help(argv: list[str]) -> int:
-    """Print ``manual-bp train --help``: from the cache file when there is one, else built by the
-    Lightning CLI (3-5 s of imports) and written to the cache file for the next time."""
-    path = _help_cache_path(argv)
-    if path.is_file():
-        sys.stdout.write(path.read_text())
-        return 0
+#: ``manual-bp train --help`` as shipped with the package (``scripts/train_help.py`` writes it; a test
+#: checks it against the live one), for the first call on a fresh install: its first line names the
+#: package versions it was built with, and it is used only where they are the installed ones.
+SHIPPED_HELP = Path(__file__).resolve().parent / "train_help.txt"
+
+
+def shipped_help_header() -> str:
+    """The first line :data:`SHIPPED_HELP` must have to serve this installation."""
+    versions = []
+    for name in _HELP_PACKAGES:
+        try:
+            versions.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name}==none")
+    return f"# manual-bp {_version()} train --help, built with {' '.join(versions)}\n"
+
+
+def render_train_help(argv: list[str]) -> str:
+    """What the Lightning CLI prints for ``manual-bp train ARGV`` (``--help``): 3-5 s of imports."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         try:
@@ -270,12 +286,29 @@ def _train_help(argv: list[str]) -> int:
         except SystemExit as done:
             if done.code not in (0, None):
                 raise
+    return text.getvalue()
+
+
+def _train_help(argv: list[str]) -> int:
+    """Print ``manual-bp train --help``: from the cache file when there is one, else from the help
+    shipped with the package when it was built with the installed versions, else built by the
+    Lightning CLI (3-5 s of imports) and written to the cache file for the next time."""
+    path = _help_cache_path(argv)
+    if path.is_file():
+        sys.stdout.write(path.read_text())
+        return 0
+    if argv == ["--help"] and SHIPPED_HELP.is_file():
+        header, _, body = SHIPPED_HELP.read_text().partition("\n")
+        if header + "\n" == shipped_help_header():
+            sys.stdout.write(body)
+            return 0
+    text = render_train_help(argv)
     with contextlib.suppress(OSError):  # no cache where the home directory is read-only
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(text.getvalue())
+        partial.write_text(text)
         partial.replace(path)
-    sys.stdout.write(text.getvalue())
+    sys.stdout.write(text)
     return 0
 
 

@@ -195,6 +195,7 @@ def test_train_help_is_built_once_then_read_from_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "SHIPPED_HELP", tmp_path / "none.txt")  # (the shipped help is tested below)
     calls = _fake_train_cli(monkeypatch, "usage: manual-bp train [-h] ...")
     assert cli.main(["train", "--help"]) == 0
     assert cli.main(["train", "--help"]) == 0
@@ -218,6 +219,36 @@ def test_train_help_cache_follows_the_sources_and_keeps_no_failure(
     source.write_text("x = 22\n")  # an edited source file: a new cache file
     assert len({before, with_source, cli._help_cache_path(["--help"])}) == 3
     calls = _fake_train_cli(monkeypatch, "error: something", code=2)
+    monkeypatch.setattr(cli, "SHIPPED_HELP", tmp_path / "none.txt")
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     assert calls == [["--help"]] and not list(tmp_path.glob("manual_bp/*.txt"))
+
+
+def test_first_train_help_on_a_fresh_install_prints_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache
+    header, _, body = cli.SHIPPED_HELP.read_text().partition("\n")
+    if header + "\n" != cli.shipped_help_header():
+        pytest.skip(
+            f"manual_bp/train_help.txt was built with other versions ({header}); see scripts/train_help.py"
+        )
+    calls = _fake_train_cli(monkeypatch, "built")
+    assert cli.main(["train", "--help"]) == 0
+    assert calls == [] and capsys.readouterr().out == body
+    other = tmp_path / "other.txt"
+    other.write_text("# manual-bp 0.0 train --help, built with lightning==0.1\nstale\n")
+    monkeypatch.setattr(cli, "SHIPPED_HELP", other)
+    assert cli.main(["train", "--help"]) == 0
+    assert calls == [["--help"]]  # built with other versions: not used
+
+
+def test_shipped_train_help_equals_the_live_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    header, _, body = cli.SHIPPED_HELP.read_text().partition("\n")
+    if header + "\n" != cli.shipped_help_header():
+        pytest.skip(
+            f"manual_bp/train_help.txt was built with other versions ({header}); see scripts/train_help.py"
+        )
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.render_train_help(["--help"]) == body, "options changed: run python scripts/train_help.py"
