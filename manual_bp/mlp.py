@@ -136,10 +136,10 @@ class MLP(nn.Module):
         """The feedback rule's BP2 for the seed's loop: each layer's ``B_n`` (a ``brsf`` layer draws
         a new ``R`` first when ``new_batch``), or ``None`` under the seed's own BP2 (``"backprop"``
         in every layer). The engine calls it every step; the fused Functions read the same."""
+        if not self._has_rule():
+            return None
         layers = list(self.layers._modules.values())
         rules = {layer.feedback_rule for layer in layers}  # type: ignore[union-attr]
-        if rules == {"backprop"}:
-            return None
         if "dfa" in rules and len(rules) > 1:
             raise ValueError(
                 "an MLP runs one feedback rule in every layer, or dfa in none; "
@@ -147,11 +147,18 @@ class MLP(nn.Module):
             )
         return Feedback(bp2_matrices(layers, new_batch), direct="dfa" in rules)
 
+    def _has_rule(self) -> bool:
+        """Whether a layer has a feedback rule (a loop, not a set: every step asks)."""
+        for layer in self.layers._modules.values():
+            if layer.feedback_rule != "backprop":  # type: ignore[union-attr]
+                return True
+        return False
+
     def _fused(self) -> tuple[_Net, list[Tensor]]:
         """The fused Function's plan and the feedback matrices that follow its parameters (none
         under the seed's BP2)."""
         net = self._net
-        if all(layer.feedback_rule == "backprop" for layer in self.layers._modules.values()):  # type: ignore[union-attr]
+        if not self._has_rule():
             return net, []  # type: ignore[return-value]
         feedback = self.bp2(self.training and torch.is_grad_enabled())
         assert feedback is not None and net is not None
