@@ -76,7 +76,6 @@ RULES: tuple[str, ...] = ("backprop", "fa", "dfa", "sign", "brsf", "frsf")
 #: The layers a rule applies to: their backward has a BP2 through a weight.
 _LAYERS = FeedbackLayer
 
-_DRAWN = ("fa", "dfa", "brsf", "frsf")  # rules with a random feedback_weight buffer
 _frozen = [False]  # inside gradient_alignment: brsf does not redraw R
 
 
@@ -122,11 +121,12 @@ def set_feedback(
         rule: one of :data:`RULES`; ``"backprop"`` removes a rule (and its buffers).
         scale: the factor on the random feedback matrices (and on ``sign(W)`` for ``"sign"``).
         seed: seeds every layer's matrix together with the layer's name.
-        output_size: for ``"dfa"``, the width ``D_N`` of the model's output, if known: the
+        output_size: for ``"dfa"``, the output width ``D_N`` of the top layer, if known: the
             ``(D_N, D_n)`` matrices of ``Linear`` layers are then drawn at once. Otherwise (and always
             for convolutions, whose ``D_n`` is the flattened input ``C·H·W``) each is drawn after the
-            first forward, when the shapes are known. ``dfa`` takes the error ``e`` at ``model``'s
-            output, which must be one tensor with the batch first.
+            first forward with a graph, when the shapes are known. ``dfa`` takes the error
+            ``e = δ_N`` at the top layer: the last rule layer to run in ``model``'s forward, which
+            every other rule layer must feed.
 
     Returns:
         ``model``.

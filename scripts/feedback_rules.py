@@ -59,14 +59,45 @@ def run(rule: str, seed: int, extra: list[str]) -> dict[str, object]:
         if found is None:
             raise RuntimeError(f"no test accuracy in the output of {command}:\n{done.stdout[-2000:]}")
         angles: dict[str, float] = {}
+        history: dict[str, dict[int, float]] = {}  # every logged angle, by step
         for path in glob.glob(os.path.join(root, "lightning_logs", "version_*", "metrics.csv")):
             with open(path, newline="") as f:
                 for row in csv.DictReader(f):
                     for key, value in row.items():
                         if key.startswith("align/") and value:
                             angles[key] = float(value)  # the last logged value wins
+                            history.setdefault(key, {})[int(row["step"])] = float(value)
     accuracy = float(found.group(1))
-    return {"rule": rule, "seed": seed, "test_acc": accuracy, "seconds": seconds, "angles": angles}
+    return {
+        "rule": rule,
+        "seed": seed,
+        "test_acc": accuracy,
+        "seconds": seconds,
+        "angles": angles,
+        "history": history,
+    }
+
+
+TRAJECTORY_STEPS = (0, 200, 500, 1000, 2000, 4000, 6000)
+
+
+def print_trajectories(results: list[dict[str, object]]) -> None:
+    """The angles over training (the first seed of each rule): the first layer's update against
+    backprop's, and the top layer's W against its B."""
+    print("\n| rule | angle | " + " | ".join(f"step {s}" for s in TRAJECTORY_STEPS) + " |")
+    print("|---|---|" + "---|" * len(TRAJECTORY_STEPS))
+    seen = set()
+    for r in results:
+        if r["rule"] in seen or not r["history"]:
+            continue
+        seen.add(r["rule"])
+        for key, label in (
+            ("align/grad/layers.0", "∂c/∂W_0 vs backprop's"),
+            ("align/weight/layers.1", "W_1 vs B_1"),
+        ):
+            steps = r["history"].get(key, {})  # type: ignore[attr-defined]
+            cells = [f"{steps[s]:.0f}°" if s in steps else "" for s in TRAJECTORY_STEPS]
+            print(f"| {r['rule']} | {label} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -97,6 +128,7 @@ def main() -> None:
         secs = statistics.mean(float(r["seconds"]) for r in rows)  # type: ignore[arg-type]
         spread = f"{statistics.mean(accs):.4f} ({min(accs):.4f}–{max(accs):.4f})"
         print(f"| {rule} | {spread} | {angle} | {secs:.0f} |")
+    print_trajectories(results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(

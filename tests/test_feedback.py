@@ -64,10 +64,11 @@ def _grads(net: nn.Module, layers: list[nn.Module], loss: torch.Tensor) -> list[
     return [layer.weight.grad.clone() for layer in layers]
 
 
+@pytest.mark.parametrize("sizes", [[4, 5, 3], [4, 5, 6, 3]], ids=["2 layers", "3 layers"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("path", ["fused", "fused loss", "per layer", "converted"])
-def test_rule_update_equals_the_one_written_out_by_hand(rule: str, path: str) -> None:
-    sizes = [4, 5, 6, 3]  # three layers: dfa's e B_1 differs from fa's δ_2 B_1
+def test_rule_update_equals_the_one_written_out_by_hand(rule: str, path: str, sizes: list[int]) -> None:
+    # (with three layers dfa's e B_1 differs from fa's δ_2 B_1)
     x, t = _data(sizes)
     torch.manual_seed(0)
     net = manual_bp.MLP(sizes, feedback=rule, fused=path != "per layer", dtype=torch.float64, feedback_seed=3)
@@ -75,7 +76,7 @@ def test_rule_update_equals_the_one_written_out_by_hand(rule: str, path: str) ->
     if path == "converted":
         seq = nn.Sequential(*(m for layer in net.layers for m in (copy.deepcopy(layer), nn.Sigmoid())))
         model = manual_bp.convert(manual_bp.revert(seq), feedback=rule, feedback_seed=3)
-        layers = [model[0], model[2], model[4]]
+        layers = list(model[::2])
         model(x)  # dfa: the (D_N, D_n) matrices are drawn after the first forward
     if path == "fused loss":
         got = _grads(model, layers, net.loss(x, t))
