@@ -104,8 +104,14 @@ fi
 step "versions" 30 "$PY" -c 'import torch, manual_bp; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""); print("manual_bp", manual_bp.__version__)'
 if [[ $DRY -eq 1 ]]; then  # the CPU-safe part: the CUDA tests are collected (and skip without CUDA)
   log ""
-  log "=== CUDA tests collected (dry run, CPU) ==="
-  (cd "$ROOT" && "$PY" -m pytest -m cuda -q -p no:cacheprovider 2>&1 | tail -3) | tee -a "$REPORT"
+  log "=== CUDA tests collected (dry run, CPU; PYTHON=$PYTHON must have manual_bp installed) ==="
+  (cd "$ROOT" && "$PY" -m pytest -m cuda -q -p no:cacheprovider) > "$OUT/dry_run_pytest.txt" 2>&1
+  code=$?
+  tail -3 "$OUT/dry_run_pytest.txt" | tee -a "$REPORT"
+  if [[ $code -ne 0 ]]; then
+    log "--- CUDA tests collected: exit code $code (e.g. PYTHON=.venv/bin/python scripts/gpu_check.sh OUT --dry-run)"
+    FAILED=$((FAILED + 1))
+  fi
 fi
 step "CUDA tests" 150 "$PY" -m pytest -m cuda -q -p no:cacheprovider --timeout 90 -rfE
 step "manual-bp check --device cuda" 90 "$PY" -m manual_bp check --device cuda

@@ -46,3 +46,18 @@ def test_dry_run_prints_every_step_and_collects_the_cuda_tests(tmp_path: Path) -
 def test_usage_error(args: list[str], tmp_path: Path) -> None:
     done = _run(*args)
     assert done.returncode == 2 and done.stderr.startswith("usage: scripts/gpu_check.sh OUTDIR [--dry-run]")
+
+
+def test_dry_run_fails_when_its_python_cannot_run_the_tests(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text(
+        '#!/usr/bin/env bash\nif [[ "$1" == "-m" && "$2" == "pytest" ]]; then exit 4; fi\nexec "$0.real" "$@"\n'
+    )
+    fake.chmod(0o755)
+    (tmp_path / "python3.real").symlink_to(sys.executable)
+    env = {**os.environ, "PYTHON": str(fake), "PYTHONWARNINGS": "ignore"}
+    env.pop("GPU_CHECK_PYTHON", None)
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), "--dry-run"], capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 1 and "CUDA tests collected: exit code 4" in done.stdout
+    assert "failed steps: 1" in done.stdout
