@@ -50,9 +50,8 @@ def test_usage_error(args: list[str], tmp_path: Path) -> None:
 
 def test_dry_run_fails_when_its_python_cannot_run_the_tests(tmp_path: Path) -> None:
     fake = tmp_path / "python3"
-    fake.write_text(
-        '#!/usr/bin/env bash\nif [[ "$1" == "-m" && "$2" == "pytest" ]]; then exit 4; fi\nexec "$0.real" "$@"\n'
-    )
+    body = 'if [[ "$1" == "-m" && "$2" == "pytest" ]]; then exit 4; fi\nexec "$0.real" "$@"\n'
+    fake.write_text("#!/usr/bin/env bash\n" + body)  # a python that cannot run pytest
     fake.chmod(0o755)
     (tmp_path / "python3.real").symlink_to(sys.executable)
     env = {**os.environ, "PYTHON": str(fake), "PYTHONWARNINGS": "ignore"}
