@@ -286,6 +286,7 @@ class _Hub:
     def __init__(self) -> None:
         self.current: _Pass | None = None
         self.last: _Pass | None = None  # the latest finished forward (its error, after backward)
+        self.pending = False  # a layer waits for its matrix (drawn at the end of the forward)
 
 
 def _start_pass(model: nn.Module, args: Any) -> None:
@@ -301,6 +302,9 @@ def _end_pass(model: nn.Module, args: Any, output: Any) -> None:
     if run is None or run.count == 0:
         return
     run.top = run.count
+    if not hub.pending:
+        return
+    hub.pending = False
     for _, layer in feedback_layers(model):
         shape = layer.__dict__.get("_dfa_input_shape")
         if layer.feedback_rule == "dfa" and layer.feedback_weight is None and shape is not None:
@@ -329,6 +333,7 @@ def _direct_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | No
     run.width = out[0].numel() if out.dim() else 1  # D_N, if this layer turns out to be the top
     if layer.feedback_weight is None:
         layer._dfa_input_shape = tuple(input.shape[1:])  # B_n drawn at the end of the forward
+        hub.pending = True
     return DirectFeedbackFunction.apply(out, input, run, run.count, layer)
 
 
