@@ -324,7 +324,16 @@ def _train(argv: list[str]) -> int:
                 f"available here: {error}"
             ) from error
         raise
-    code = train_main(argv)
+    from manual_bp.lightning.cli import CheckpointError
+    from manual_bp.lightning.module import TrainingDiverged
+
+    try:
+        code = train_main(argv)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from error
+    except TrainingDiverged as error:
+        print(f"manual-bp: error: {error}", file=sys.stderr)
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -31,7 +31,16 @@ from manual_bp.lightning.callbacks import FeedbackAlignment, GradientCheck, Grad
 from manual_bp.lightning.data import DigitsDataModule
 from manual_bp.lightning.module import ManualBPModule
 
-__all__ = ["DEFAULTS", "ManualBPCLI", "default_loggers", "main", "resolve_last_checkpoint"]
+__all__ = [
+    "DEFAULTS",
+    "CheckpointError",
+    "EpochCheckpoint",
+    "ManualBPCLI",
+    "check_checkpoint",
+    "default_loggers",
+    "main",
+    "resolve_last_checkpoint",
+]
 
 #: The defaults of ``manual-bp train`` that differ from Lightning's (see docs/training.md for how they
 #: were chosen: >= 97% test accuracy on digits in well under a minute on two CPU cores).
@@ -75,12 +84,44 @@ def resolve_last_checkpoint(trainer: pl.Trainer, checkpoint: ModelCheckpoint) ->
     return max(found, key=os.path.getmtime) if found else None
 
 
+class EpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the end of every training epoch and the last step.
+
+    Lightning's writes ``last.ckpt`` only together with a top-k checkpoint, so with a monitored
+    metric it lags behind at the last improvement, and a run stopped by ``max_steps`` mid-epoch
+    leaves its final steps nowhere. Here ``last.ckpt`` is written at the end of every epoch and at
+    the end of fitting whenever it does not hold that step yet; the top-k checkpoints are Lightning's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_step = -1  # the global step last.ckpt holds (-1: none yet)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_step = trainer.global_step
+
+    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+        if self.save_last and fitting and self._last_written_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)  # (the epoch's validation has run by now)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)  # max_steps may stop mid-epoch
+
+
 class ManualBPCLI(LightningCLI):
     """LightningCLI with the always-on callbacks of ``manual-bp train`` and its ``--ckpt_path``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": lazy_instance(DigitsDataModule)})
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {"checkpoint.save_last": True, "checkpoint.monitor": "val/loss", "checkpoint.mode": "min"}
         )
@@ -92,6 +133,15 @@ class ManualBPCLI(LightningCLI):
             type=str | None,
             default=None,
             help="Resume fitting from this checkpoint; 'last' takes the newest last.ckpt of earlier runs.",
+        )
+        parser.add_argument(
+            "--resume_changed",
+            type=bool,
+            default=False,
+            help=(
+                "Resume from --ckpt_path even where the checkpoint was written with other --model "
+                "settings (by default such a resume stops and lists the differences)."
+            ),
         )
         parser.add_argument(
             "--threads",
@@ -149,6 +199,49 @@ def set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint ``manual-bp train`` cannot resume from; the message names the file and the fault."""
+
+
+def check_checkpoint(path: str, hparams: Any, allow_changed: bool = False) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a readable checkpoint of ``manual-bp train``
+    with finite weights and the model settings ``hparams`` of this run (``allow_changed`` skips that
+    last comparison). Read with ``weights_only=True``: nothing in the file is executed."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (truncated, corrupt or foreign: each its own exception)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is truncated, damaged or not a checkpoint written by "
+            f"manual-bp train ({type(error).__name__}: {reason[:200]})"
+        ) from error
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: it holds no state_dict")
+    for key, value in state["state_dict"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
+            bad = int((~value.isfinite()).sum())
+            raise CheckpointError(
+                f"checkpoint {path} holds non-finite values in {key} ({bad} of {value.numel()}): the file "
+                "is damaged or the run had diverged; resume from an earlier checkpoint"
+            )
+    if allow_changed:
+        return
+    saved, now = dict(state.get("hyper_parameters") or {}), dict(hparams)
+    changed = [
+        f"{key}: {saved.get(key, '(not set)')!r} in the checkpoint, {now.get(key, '(not set)')!r} now"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key, "(not set)") != now.get(key, "(not set)")
+    ]
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} was written with other model settings: {'; '.join(changed)}. Resume with "
+            "the checkpoint's settings (its run directory holds config.yaml), or pass "
+            "--resume_changed true to resume with these"
+        )
+
+
 def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
     return next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
 
@@ -178,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_path = resolve_last_checkpoint(trainer, checkpoint)
         if ckpt_path is None:
             rank_zero_warn("--ckpt_path last: no last checkpoint found; training from the start.")
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, model.hparams, cli.config.get("resume_changed", False))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not cli.config.get("test", True) or trainer.interrupted:
         return

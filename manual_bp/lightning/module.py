@@ -27,7 +27,14 @@ from manual_bp.engine import LOSSES
 from manual_bp.feedback import check_rule, set_feedback
 from manual_bp.mlp import MLP
 
-__all__ = ["LOSSES", "OPTIMIZERS", "ManualBPModule", "native_twin", "network_from_factory"]
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "ManualBPModule",
+    "TrainingDiverged",
+    "native_twin",
+    "network_from_factory",
+]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
@@ -36,6 +43,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "sgd": torch.optim.SGD,
 }
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite; the message names the step and what to try."""
 
 
 class ManualBPModule(pl.LightningModule):
@@ -282,7 +293,15 @@ class ManualBPModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.train_metric)
+        loss = self._step(batch, "train", self.train_metric)
+        if not bool(torch.isfinite(loss)):  # (one sync per step: a NaN step must not be taken)
+            raise TrainingDiverged(
+                f"training diverged at step {self.global_step} (epoch {self.current_epoch}): the loss is "
+                f"{float(loss.detach())}; no update was made from it, and the checkpoints written so far "
+                f"hold finite weights. Try a smaller learning rate (--model.lr {self.hparams.lr:g} now) or "
+                "--trainer.gradient_clip_val"
+            )
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "val", self.val_metric)
