@@ -324,12 +324,11 @@ def _train(argv: list[str]) -> int:
                 f"available here: {error}"
             ) from error
         raise
-    from manual_bp.lightning.cli import CheckpointError
-    from manual_bp.lightning.module import TrainingDiverged
+    from manual_bp._errors import CheckpointError, SetupError, TrainingDiverged
 
     try:
         code = train_main(argv)
-    except CheckpointError as error:
+    except (CheckpointError, SetupError) as error:
         raise UsageError(str(error)) from error
     except TrainingDiverged as error:
         print(f"manual-bp: error: {error}", file=sys.stderr)

@@ -419,7 +419,10 @@ def test_cli_trains_with_a_rule_checkpoints_its_matrices_and_resumes(tmp_path, c
     assert state["hyper_parameters"]["feedback"] == "frsf"
     assert matrix.abs().max() <= 0.5 / 8  # the scale: 0.5 / √fan_in, fan_in 64
     assert (run / "alignment.png").is_file()
-    main([*tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.feedback_seed", "5"])
+    with pytest.raises(ValueError, match="feedback_seed: 0 in the checkpoint, 5 now"):  # a changed setting
+        main([*tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.feedback_seed", "5"])
+    main([*tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.feedback_seed", "5",
+          "--resume_changed", "true"])  # fmt: skip
     resumed = torch.load(
         tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True
     )

@@ -121,3 +121,27 @@ def test_divergence_stops_with_one_line_naming_the_step(tmp_path: Path, capsys) 
     for path in (tmp_path / "lightning_logs").glob("version_*/checkpoints/*.ckpt"):  # none non-finite
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data", "manual_bp.lightning.FileDataModule", "--data.init_args.path", "missing.csv"],
+         "data file not found: missing.csv"),
+        (["--model.sizes", "[10, 5, 10]"], "the network expects 10 input features"),
+    ],
+    ids=["bad file", "network does not fit"],
+)  # fmt: skip
+def test_start_errors_are_one_line_exit_2_and_leave_no_run_directory(  # noqa: ANN001
+    tmp_path: Path, capsys, monkeypatch, args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MANUAL_BP_DEBUG", raising=False)
+    assert cli.main([*_tiny(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("manual-bp: error: ") and expected in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "lightning_logs").exists()  # no empty version_N left behind
+    monkeypatch.setenv("MANUAL_BP_DEBUG", "1")  # the traceback, for a bug report
+    with pytest.raises((ValueError, OSError), match=expected):
+        cli.main([*_tiny(tmp_path), *args])

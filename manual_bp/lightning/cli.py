@@ -15,6 +15,7 @@ import glob
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import warnings
 from typing import Any
@@ -27,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from manual_bp._errors import CheckpointError, SetupError
 from manual_bp.lightning.callbacks import FeedbackAlignment, GradientCheck, GradientFlow
 from manual_bp.lightning.data import DigitsDataModule
 from manual_bp.lightning.module import ManualBPModule
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULTS",
     "CheckpointError",
     "EpochCheckpoint",
+    "SetupError",
     "ManualBPCLI",
     "check_checkpoint",
     "default_loggers",
@@ -199,10 +202,6 @@ def set_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint ``manual-bp train`` cannot resume from; the message names the file and the fault."""
-
-
 def check_checkpoint(path: str, hparams: Any, allow_changed: bool = False) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a readable checkpoint of ``manual-bp train``
     with finite weights and the model settings ``hparams`` of this run (``allow_changed`` skips that
@@ -242,6 +241,26 @@ def check_checkpoint(path: str, hparams: Any, allow_changed: bool = False) -> No
         )
 
 
+def _debug() -> bool:
+    """``MANUAL_BP_DEBUG=1``: let errors through with their tracebacks."""
+    return os.environ.get("MANUAL_BP_DEBUG", "") not in ("", "0")
+
+
+def _drop_empty_runs(trainer: pl.Trainer) -> None:
+    """Remove the run directories a failed start created that hold nothing but its configuration."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        run = getattr(logger, "log_dir", None)
+        if run and os.path.isdir(run):
+            files = {os.path.relpath(os.path.join(d, f), run) for d, _, fs in os.walk(run) for f in fs}
+            if files <= {"config.yaml", "hparams.yaml"}:
+                shutil.rmtree(run, ignore_errors=True)
+                parent = os.path.dirname(run)
+                if os.path.isdir(parent) and not os.listdir(parent):  # lightning_logs made for it alone
+                    os.rmdir(parent)
+
+
 def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
     return next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
 
@@ -273,7 +292,13 @@ def main(argv: list[str] | None = None) -> None:
             rank_zero_warn("--ckpt_path last: no last checkpoint found; training from the start.")
     if ckpt_path is not None:
         check_checkpoint(ckpt_path, model.hparams, cli.config.get("resume_changed", False))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (ValueError, OSError) as error:  # bad data or a network that does not fit it, before a step
+        if trainer.global_step > 0 or _debug() or isinstance(error, CheckpointError):
+            raise
+        _drop_empty_runs(trainer)
+        raise SetupError(f"{error} (MANUAL_BP_DEBUG=1 shows the traceback)") from error
     if not cli.config.get("test", True) or trainer.interrupted:
         return
     tested = checkpoint.best_model_path or checkpoint.last_model_path or None

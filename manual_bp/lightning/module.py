@@ -21,6 +21,7 @@ from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 import manual_bp
+from manual_bp._errors import TrainingDiverged
 from manual_bp._factory import FactoryError, call_factory, describe
 from manual_bp.convert import native_twin
 from manual_bp.engine import LOSSES
@@ -43,10 +44,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "sgd": torch.optim.SGD,
 }
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became non-finite; the message names the step and what to try."""
 
 
 class ManualBPModule(pl.LightningModule):
