@@ -4,7 +4,10 @@
   prints it as a table; the exit code is 1 if any check fails.
 * ``manual-bp check --model package.module:factory`` (or ``path/to/file.py:factory``) calls the
   factory, converts a float64 copy of the model it returns and compares it with the native copy
-  (:func:`manual_bp.check.check_model`); the exit code is 1 on a mismatch.
+  (:func:`manual_bp.check.check_model`); the exit code is 1 on a mismatch, and 2 (one line on
+  stderr) when the check cannot run (:class:`manual_bp.check.CheckError`: the model cannot be copied,
+  returns no floating tensor or has no layer with a manual backward; ``loss_fn`` raises or returns
+  no scalar Tensor).
 * ``manual-bp train ...`` hands every remaining argument to the Lightning CLI
   (``manual_bp.lightning.cli.main``). ``manual-bp train --help`` is kept in a cache file
   (:func:`_train_help`): building it imports Lightning, which alone takes 3-4 s.
@@ -189,7 +192,10 @@ def _check(args: argparse.Namespace) -> int:
             f"--model: the model from {args.model}() fails on its example inputs: "
             f"{type(error).__name__}: {error}"
         ) from error
-    result = check.check_model(model, inputs, loss_fn, dtype=getattr(torch, args.dtype), seed=args.seed)
+    try:
+        result = check.check_model(model, inputs, loss_fn, dtype=getattr(torch, args.dtype), seed=args.seed)
+    except check.CheckError as error:  # the check cannot run: bad input, not a gradient difference
+        raise UsageError(f"--model: {error}") from error
     print(result)
     print(
         "PASS: manual gradients match native autograd" if result.passed else "FAIL: manual gradients differ"

@@ -226,7 +226,8 @@ def test_compare_errors() -> None:
     native = _model()
     with pytest.raises(ValueError, match="same parameter names and shapes"):
         check.compare(nn.Linear(4, 3).double(), native, torch.randn(2, 4, dtype=torch.float64))
-    with pytest.raises(TypeError, match="loss_fn must return a scalar Tensor, got Tensor"):
+    scalar = r"loss_fn must return a scalar Tensor, got Tensor of shape \(2, 3\)"
+    with pytest.raises(check.CheckError, match=scalar):
         check.compare(
             manual_bp.convert(native), native, torch.randn(2, 4, dtype=torch.float64), lambda out: out
         )
@@ -293,3 +294,14 @@ def test_check_model_compares_an_mlp_with_native_autograd(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(manual_bp.functional.MLPFunction, "backward", staticmethod(doubled))
     assert not check.check_model(model, x).passed  # the MLP is not compared with itself
+
+
+def test_check_model_without_parameters_uses_the_dtype_asked_for() -> None:
+    model = nn.Sequential(nn.ReLU(), nn.Tanh())  # converts, and has no parameter to read a dtype from
+    for dtype in (torch.float64, torch.float32):
+        result = check.check_model(model, torch.randn(4, 3), dtype=dtype)
+        assert result.passed and result.comparison.dtype == dtype
+        assert (result.comparison.rtol, result.comparison.atol) == check.tolerances(dtype)
+    assert "manual vs native in float64 (pass: |manual - native| <= 1e-07 + 1e-07 |native|)" in str(
+        check.check_model(model, torch.randn(4, 3))
+    )

@@ -255,3 +255,90 @@ def test_shipped_train_help_equals_the_live_one() -> None:
     env = {**os.environ, "COLUMNS": "100"}
     live = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert live.stdout == body, "options changed: run python scripts/train_help.py"
+
+
+# A model, inputs or loss_fn that make the check impossible is bad input, not a gradient difference:
+# one line on stderr and exit code 2 (exit code 1 means only "the gradients differ").
+_BROKEN_FACTORIES = """
+import threading
+
+import torch
+from torch import nn
+
+
+def loss_raises():
+    def loss_fn(out):
+        raise ValueError("no target for this output")
+
+    return nn.Linear(3, 2), torch.randn(4, 3), loss_fn
+
+
+def loss_returns_none():
+    return nn.Linear(3, 2), torch.randn(4, 3), lambda out: None
+
+
+class ReturnsNone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.fc(x)
+
+
+def model_returns_none():
+    return ReturnsNone(), torch.randn(4, 3)
+
+
+class Locked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def uncopyable():
+    return Locked(), torch.randn(4, 3)
+
+
+class OnlyMatmul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 2))
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def nothing_to_convert():
+    return OnlyMatmul(), torch.randn(4, 3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("loss_raises", "loss_fn raised ValueError: no target for this output"),
+        ("loss_returns_none", "loss_fn must return a scalar Tensor, got NoneType"),
+        ("model_returns_none", "the model returned no floating-point tensor (got NoneType)"),
+        ("uncopyable", "cannot copy the model (Locked): TypeError: cannot pickle '_thread.lock' object"),
+        (
+            "nothing_to_convert",
+            "nothing to check: convert found no layer with a manual backward in OnlyMatmul "
+            "(modules that stay native: (model) OnlyMatmul;",
+        ),
+    ],
+)
+def test_check_that_cannot_run_is_one_line_and_exit_two(
+    factory: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text(_BROKEN_FACTORIES)
+    assert cli.main(["check", "--model", f"{path}:{factory}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("manual-bp: error: --model: "), err
+    assert message in err, err

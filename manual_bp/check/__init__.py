@@ -40,7 +40,7 @@ native twin) and :mod:`~manual_bp.check.native_calls` (the native-call finder).
 from __future__ import annotations
 
 from manual_bp.check._tolerances import tolerances
-from manual_bp.check.compare import Comparison, ComparisonRow, ModelCheck, check_model, compare
+from manual_bp.check.compare import CheckError, Comparison, ComparisonRow, ModelCheck, check_model, compare
 from manual_bp.check.native_calls import NativeCall, find_native_calls
 from manual_bp.check.suite import OPS, SuiteRow, format_suite, run_feedback_suite, run_suite
 from manual_bp.ops import Op, Sample
@@ -50,6 +50,7 @@ OpSpec = Op
 
 __all__ = [
     "OPS",
+    "CheckError",
     "Comparison",
     "ComparisonRow",
     "ModelCheck",

@@ -16,7 +16,16 @@ from manual_bp.check._tolerances import TOLERANCES, close, errors, tolerances
 from manual_bp.check.native_calls import NativeCall, as_call, find_native_calls
 from manual_bp.convert import ConversionReport, _table, conversion_report, convert, native_twin
 
-__all__ = ["Comparison", "ComparisonRow", "ModelCheck", "check_model", "compare"]
+__all__ = ["CheckError", "Comparison", "ComparisonRow", "ModelCheck", "check_model", "compare"]
+
+
+class CheckError(Exception):
+    """The comparison cannot run: the model cannot be copied or returns no floating tensor, ``loss_fn``
+    raises or returns no scalar Tensor, or nothing in the model has a manual backward.
+
+    Not a gradient difference: ``manual-bp check`` reports it as bad input (exit code 2), where a
+    difference is exit code 1.
+    """
 
 
 @dataclass(frozen=True)
@@ -112,14 +121,18 @@ def _run(
         out = model(*args, **kwargs)
     outs = _tensors(out)
     if not outs:
-        raise TypeError(f"the model returned no floating-point tensor (got {type(out).__name__})")
+        raise CheckError(f"the model returned no floating-point tensor (got {type(out).__name__})")
     if weights is None:  # the default loss: Σ w ⊙ output with fixed random w, so every output matters
         gen = torch.Generator().manual_seed(seed + 1)
         weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
     if loss_fn is not None:
-        loss = loss_fn(out)
+        try:
+            loss = loss_fn(out)
+        except Exception as error:
+            raise CheckError(f"loss_fn raised {type(error).__name__}: {error}") from error
         if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise TypeError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}")
+            shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
+            raise CheckError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}{shape}")
     else:
         terms = [(o * w).sum() for o, w in zip(outs, weights, strict=True)]
         loss = terms[0]
@@ -143,6 +156,7 @@ def compare(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> Comparison:
     """Run both models on ``inputs`` and compare outputs, loss and every gradient.
 
@@ -155,8 +169,14 @@ def compare(
         loss_fn: maps the model's output to a scalar; by default ``Σ w ⊙ output`` with fixed random
             weights ``w`` (the same for both models), which exercises every output.
         rtol, atol: pass when ``|manual − native| ≤ atol + rtol |native|`` elementwise; defaults
-            are ``torch.testing.assert_close``'s for the parameters' dtype.
+            are ``torch.testing.assert_close``'s for ``dtype``.
         seed: the RNG seed set before each forward, so dropout draws the same masks in both.
+        dtype: the dtype whose default tolerances apply and that the report names; by default the
+            parameters' dtype, or the output's for a model without parameters.
+
+    Raises:
+        CheckError: the model returns no floating tensor, or ``loss_fn`` raises or returns no
+            scalar Tensor.
 
     Both models are run in their current train/eval mode; their ``.grad`` fields are overwritten.
     """
@@ -168,13 +188,14 @@ def compare(
             f"{len(names_m)} vs {len(names_n)} parameters; first difference: "
             f"{next((a, b) for a, b in zip(names_m + [None], names_n + [None], strict=False) if a != b)}"  # type: ignore[operator]
         )
-    params = list(native.parameters())
-    dtype = params[0].dtype if params else torch.float32
+    out_n, loss_n, grads_n, in_n, weights = _run(native, inputs, loss_fn, seed, None)
+    out_m, loss_m, grads_m, in_m, _ = _run(manual, inputs, loss_fn, seed, weights)
+    if dtype is None:
+        params = list(native.parameters())
+        dtype = params[0].dtype if params else out_n[0].dtype
     default_rtol, default_atol = tolerances(dtype) if dtype in TOLERANCES else (1e-7, 1e-7)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    out_n, loss_n, grads_n, in_n, weights = _run(native, inputs, loss_fn, seed, None)
-    out_m, loss_m, grads_m, in_m, _ = _run(manual, inputs, loss_fn, seed, weights)
 
     rows: list[ComparisonRow] = []
 
@@ -256,6 +277,10 @@ def check_model(
     computed by ``torch.nn`` and autograd), so models built from manual layers work too.
     The result prints as the conversion report, the comparison table and the native calls that
     conversion could not reach.
+
+    Raises:
+        CheckError: ``model`` cannot be deep-copied, nothing in it has a manual backward (both copies
+            would run native autograd), or the comparison cannot run (see :func:`compare`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"check_model expected a torch.nn.Module, got {type(model).__name__}")
@@ -267,10 +292,25 @@ def check_model(
         return a.detach().to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
 
     call: Any = {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
+    try:
+        copies = copy.deepcopy(model).to(dtype), copy.deepcopy(model).to(dtype)
+    except Exception as error:
+        raise CheckError(
+            f"cannot copy the model ({type(model).__name__}): {type(error).__name__}: {error}; the check "
+            "converts a deep copy and compares it with another, leaving the model as it is"
+        ) from error
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "nothing to convert" shows in the report instead
+        warnings.simplefilter("ignore", UserWarning)  # "nothing to convert" is a CheckError instead
         # native even if built from manual layers (an MLP becomes a native Linear/activation stack)
-        native = native_twin(copy.deepcopy(model).to(dtype))
-        manual = convert(copy.deepcopy(model).to(dtype), inplace=True)  # an MLP stays as it is
-    comparison = compare(manual, native, call, loss_fn, rtol=rtol, atol=atol, seed=seed)
-    return ModelCheck(conversion_report(manual), comparison, find_native_calls(manual, call))
+        native = native_twin(copies[0])
+        manual = convert(copies[1], inplace=True)  # an MLP stays as it is
+    report = conversion_report(manual)
+    if not report.manual:
+        kept = ", ".join(f"{e.path or '(model)'} {e.kind}" for e in report.native) or "none"
+        raise CheckError(
+            f"nothing to check: convert found no layer with a manual backward in {report.model} "
+            f"(modules that stay native: {kept}; the supported ones are in "
+            "manual_bp.ops.MODULE_TWINS), so both copies would run native autograd"
+        )
+    comparison = compare(manual, native, call, loss_fn, rtol=rtol, atol=atol, seed=seed, dtype=dtype)
+    return ModelCheck(report, comparison, find_native_calls(manual, call))
