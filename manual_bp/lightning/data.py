@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -224,6 +225,8 @@ class ArrayDataModule(pl.LightningDataModule):
                 + (f" (num_classes={expected})" if expected is not None else "")
                 + f", got labels from {low} to {high}"
             )
+        if expected is None:
+            _check_every_class_occurs(y, source)
         self.num_classes = expected if expected is not None else high + 1
         if self.num_classes < 2:
             raise ValueError(f"{source}: classification needs at least 2 classes, got {self.num_classes}")
@@ -261,6 +264,27 @@ class ArrayDataModule(pl.LightningDataModule):
 
 def _is_integer(tensor: Tensor) -> bool:
     return not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+
+
+def _check_every_class_occurs(y: Tensor, source: str) -> None:
+    """Without ``num_classes`` the classes are ``0..max(y)``: each of them must occur in ``y``, or the
+    labels are likely wrong (1-based, or a stray value); the error lists the labels found and those
+    missing."""
+    labels, counts = (t.tolist() for t in torch.unique(y, return_counts=True))
+    high = labels[-1]
+    gaps = [(a + 1, b - 1) for a, b in zip([-1, *labels[:-1]], labels, strict=True) if b - a > 1]
+    if not gaps:
+        return
+    missing = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in gaps)
+    several = len(gaps) > 1 or gaps[0][0] != gaps[0][1]
+    shown = [f"{label} ({count})" for label, count in zip(labels, counts, strict=True)]
+    shown[0] = f"{labels[0]} ({counts[0]} samples)"
+    found = ", ".join(shown[:12]) + (f", ... ({len(labels)} labels in all)" if len(shown) > 12 else "")
+    raise ValueError(
+        f"{source}: classes inferred from the largest label ({high}) as 0..{high}, but "
+        f"label{'s' if several else ''} {missing} never occur{'' if several else 's'}; found labels {found}. "
+        "Expected labels 0..C-1; give num_classes (--data.num_classes) if classes are absent on purpose"
+    )
 
 
 class DigitsDataModule(ArrayDataModule):
@@ -375,8 +399,9 @@ class FileDataModule(ArrayDataModule):
     Layouts:
 
     - ``.csv``: one sample per row, the feature columns first and the ``num_targets`` target columns
-      last (for classification one last column of integer labels ``0..C-1``). A first row that is
-      not numeric is taken as a header. ``delimiter`` sets the separator.
+      last (for classification one last column of integer labels ``0..C-1``). A first row is taken
+      as a header (and logged) only when none of its cells is a number; any other cell that is not a
+      number is an error naming its line and column. ``delimiter`` sets the separator.
     - ``.npz`` (``numpy.savez``): arrays ``x`` of shape ``(N, D)``, or any sample shape such as
       ``(N, C, H, W)`` images, and ``y`` of shape ``(N,)`` (labels, or one target) or ``(N, T)``
       (targets).
@@ -388,7 +413,7 @@ class FileDataModule(ArrayDataModule):
         task: ``"classification"`` (integer labels) or ``"regression"`` (float targets).
         num_targets: target columns at the end of each csv row (classification: 1).
         num_classes: the number of classes; labels must lie in ``0..num_classes-1``. Default: the
-            largest label + 1.
+            largest label + 1, and then every label ``0..C-1`` must occur (the error lists those found).
         num_features: if given, the number of feature columns the file must have (2-D ``x`` only).
         delimiter: csv field separator.
     """
@@ -466,10 +491,17 @@ class FileDataModule(ArrayDataModule):
         return x, y
 
     def _load_csv(self, path: Path) -> tuple[Tensor, Tensor]:
+        """Rows of numbers; a first row is a header only when none of its cells is a number (logged)."""
         with path.open(newline="") as handle:
-            rows = [row for row in csv.reader(handle, delimiter=self.delimiter) if row]
-        if rows and not _numeric(rows[0]):
-            rows = rows[1:]  # a header
+            reader = csv.reader(handle, delimiter=self.delimiter)
+            lines = [(reader.line_num, row) for row in reader if row]  # (line in the file, cells)
+        header = bool(lines) and not any(_is_number(cell) for cell in lines[0][1])
+        if header:
+            line, names = lines.pop(0)
+            rank_zero_info(
+                f"{self._source()}: line {line} taken as a header (no cell is a number): {', '.join(names)}"
+            )
+        rows = [row for _, row in lines]
         if not rows:
             raise ValueError(f"{self._source()}: no data rows")
         width = len(rows[0])
@@ -490,18 +522,35 @@ class FileDataModule(ArrayDataModule):
                 f"{self._source()}: expected at least {self.num_targets + 1} columns "
                 f"(features, then {self.num_targets} target column(s)), got {width}"
             )
-        try:
-            values = np.asarray(rows, dtype=np.float64)
-        except ValueError as error:
-            raise ValueError(f"{self._source()}: every field must be a number: {error}") from error
+        values = self._numbers(lines, header)
         x = torch.as_tensor(values[:, : width - self.num_targets], dtype=torch.float32)
         y = torch.as_tensor(values[:, width - self.num_targets :])
         return x, y
 
+    def _numbers(self, lines: list[tuple[int, list[str]]], header: bool) -> np.ndarray:
+        """The cells of ``lines`` as a float64 array; a cell that is not a number is an error naming
+        its line and column."""
+        try:
+            return np.asarray([row for _, row in lines], dtype=np.float64)
+        except ValueError as error:
+            for n, (line, row) in enumerate(lines):
+                column = next((c for c, cell in enumerate(row, start=1) if not _is_number(cell)), None)
+                if column is not None:
+                    hint = (
+                        " (a header is taken only when none of its cells is a number)"
+                        if n == 0 and not header
+                        else ""
+                    )
+                    raise ValueError(
+                        f"{self._source()}: every field must be a number; line {line}, column {column} "
+                        f"is {row[column - 1]!r}{hint}"
+                    ) from error
+            raise ValueError(f"{self._source()}: every field must be a number: {error}") from error
 
-def _numeric(row: list[str]) -> bool:
+
+def _is_number(cell: str) -> bool:
     try:
-        [float(field) for field in row]
+        float(cell)
     except ValueError:
         return False
     return True
