@@ -488,3 +488,45 @@ def test_bf16_mixed_precision_fits_with_finite_loss() -> None:
     assert math.isfinite(trainer.callback_metrics["val/loss"])
     for key, value in _weights(module).items():
         assert value.dtype == torch.float32 and not torch.equal(value, before[key])
+
+
+def _fit_one_epoch(devices: int, batch_size: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = ManualBPModule(net=manual_bp.MLP([64, 12, 10], dtype=torch.float64), lr=2.0)
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    trainer = _trainer(devices=devices, strategy=strategy, precision="64-true", max_epochs=1,
+                       limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, DigitsDataModule(batch_size=batch_size))  # 1,257 training images: odd
+    return _weights(module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("devices", "batch_size"),
+    [(2, 8), (3, 5), (2, 314)],
+    ids=["2 ranks, last batch 9 = 5 + 4", "3 ranks, last batch 12", "2 ranks, last batch 1 = 1 + 0"],
+)
+def test_ddp_equals_one_process_for_any_data_and_batch_size(devices: int, batch_size: int) -> None:
+    # the sampler used to pad the last batch with a repeat of sample 0 (4.9e-2 apart after an epoch)
+    one = _fit_one_epoch(1, batch_size * devices)
+    many = _fit_one_epoch(devices, batch_size)
+    for key in one:
+        torch.testing.assert_close(many[key], one[key], rtol=0, atol=1e-10)
+
+
+def test_global_batch_sampler_splits_every_global_batch_without_padding() -> None:
+    from manual_bp.lightning.data import GlobalBatchSampler
+
+    data = torch.utils.data.TensorDataset(torch.arange(11.0))
+    ranks = [GlobalBatchSampler(data, 2, 3, rank, shuffle=True, seed=4) for rank in range(3)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    batches = [list(sampler) for sampler in ranks]
+    assert [len(b) for b in batches] == [2, 2, 2] and all(len(s) == 2 for s in ranks)  # same steps
+    assert [len(part) for part in batches[0]] == [2, 2] and [len(batches[2][1])] == [1]  # 6, then 5
+    seen = sorted(i for b in batches for part in b for i in part)
+    assert seen == list(range(11))  # every sample once: none repeated, none dropped
+    one = GlobalBatchSampler(data, 6, 1, 0, shuffle=True, seed=4)
+    one.set_epoch(1)
+    for step, whole in enumerate(one):
+        assert sorted(whole) == sorted(i for b in batches for i in b[step])  # the same global batches

@@ -39,10 +39,42 @@ __all__ = [
     "ArrayDataModule",
     "DigitsDataModule",
     "FileDataModule",
+    "GlobalBatchSampler",
     "TeacherRegressionDataModule",
 ]
 
 Task = Literal["classification", "regression"]
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """Whole batches of indices: the seeded order of the epoch cut into global batches of
+    ``batch_size × world`` samples, each split over the ranks without padding (rank ``r`` of ``k``
+    takes positions ``r, r + k, …`` of the global batch; the last one may be smaller, and a rank may
+    get an empty batch). Every rank runs the same number of steps, and the global batches are the ones
+    one process with batch ``batch_size × k`` sees: no sample repeated, none dropped. Used with
+    ``DataLoader(batch_size=None)``, each item a list of indices; a ``DistributedSampler`` so that
+    Lightning keeps it (its permutation: ``randperm(N)`` seeded with ``seed + epoch``, as
+    ``DistributedSampler``'s)."""
+
+    def __init__(
+        self, data: TensorDataset, batch_size: int, world: int, rank: int, shuffle: bool, seed: int
+    ) -> None:
+        super().__init__(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size  # per process
+        self.size = len(data)
+
+    def __iter__(self):  # type: ignore[override]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        step = self.batch_size * self.num_replicas
+        for start in range(0, self.size, step):
+            yield order[start : start + step][self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return -(-self.size // (self.batch_size * self.num_replicas))
 
 
 def _world() -> tuple[int, int]:
@@ -119,18 +151,17 @@ class ArrayDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches of ``batch_size`` in a seeded order per epoch (``seed + epoch``), sharded by rank.
 
-        The sampler is a ``DistributedSampler`` built here even for one process, so Lightning keeps
-        it: its permutation depends only on ``(seed, epoch)``, and rank ``r`` of ``k`` takes the
-        positions ``r, r + k, r + 2k, ...`` of it. One process with batch ``B`` and ``k`` processes
-        with batch ``B / k`` therefore see the same global batches (Lightning's own replacement
-        sampler would reshuffle with its own seed).
+        The batches come from a :class:`GlobalBatchSampler` built here even for one process, so
+        Lightning keeps it: its permutation depends only on ``(seed, epoch)``, and each global batch
+        of ``batch_size × k`` samples is split over the ``k`` ranks without padding. One process with
+        batch ``B`` and ``k`` processes with batch ``B / k`` therefore see the same global batches,
+        the last, partial one included (``ManualBPModule`` weights each rank's loss by its share of
+        the global batch, so the gradient is one process's).
         """
         data = self._stage_data("train")
         world, rank = _world()
-        sampler = DistributedSampler(
-            data, num_replicas=world, rank=rank, shuffle=self.shuffle, seed=self.seed
-        )
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        sampler = GlobalBatchSampler(data, self.batch_size, world, rank, self.shuffle, self.seed)
+        return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

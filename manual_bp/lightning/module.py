@@ -266,6 +266,23 @@ class ManualBPModule(pl.LightningModule):
         """The manual loss of a batch (mean over samples)."""
         return self.loss_fn(output, self.targets(y, output))
 
+    def training_loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """The loss a training step backpropagates: the batch mean with one process; under DDP this
+        rank's sum times ``world / N``, with ``N`` the global batch's size (one ``all_reduce``), so that
+        DDP's average over ranks is the mean over the global batch even when the ranks' shares
+        differ (the last batch of an epoch) or one is empty."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return self.compute_loss(output, y)
+        count = torch.tensor([float(len(y))], device=output.device)
+        torch.distributed.all_reduce(count)  # N, the global batch
+        self.loss_fn.reduction = "sum"
+        try:
+            total = self.loss_fn(output, self.targets(y, output))  # Σ_i c_i over this rank's samples
+        finally:
+            self.loss_fn.reduction = "mean"
+        return total * (world / count.to(total.dtype)).squeeze(0)
+
     # -- steps ---------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -273,7 +290,7 @@ class ManualBPModule(pl.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, metric: Metric | None) -> Tensor:
         x, y = batch
         output = self.net(x)  # (N, D_out)
-        loss = self.compute_loss(output, y)
+        loss = self.training_loss(output, y) if stage == "train" else self.compute_loss(output, y)
         on_step = stage == "train"  # training also logs per step (train/loss_step)
         self.log(
             f"{stage}/loss",
@@ -281,10 +298,10 @@ class ManualBPModule(pl.LightningModule):
             on_step=on_step,
             on_epoch=True,
             prog_bar=True,
-            batch_size=len(x),
+            batch_size=max(len(x), 1),  # (a rank's share of the last global batch may be empty)
             sync_dist=True,
         )
-        if metric is not None:
+        if metric is not None and len(x):
             metric(output.detach().float(), y if self.task == "classification" else y.float())
             self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
