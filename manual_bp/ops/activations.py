@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from manual_bp._function import ManualFunction, check_floating, check_same
 from manual_bp.ops._op import BATCHES, Op, Sample, noncontiguous, tensor
-from manual_bp.ops.elementwise import Elementwise, ElementwiseFunction, activation
+from manual_bp.ops.elementwise import _HALF, Elementwise, ElementwiseFunction, activation
 
 __all__ = [
     "ACTIVATIONS",
@@ -39,8 +39,15 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _K_TANH = math.sqrt(2.0 / math.pi)  # GELU tanh approximation: u = k (x + c x³)
 _C_TANH = 0.044715
+_GELU_TANH_FLAT = 10.0  # |x| beyond which tanh(k (x + c x³)) is ±1 exactly, in every dtype
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    """σ(x) as ``exp(log σ(x))``: down to the subnormals, as native's softplus and logsigmoid
+    backwards give it (``torch.sigmoid`` is 0 below x ≈ −88 in float32, where σ is 3e-39)."""
+    return torch.exp(F.logsigmoid(x))
 
 
 def _mask(condition: Tensor, like: Tensor) -> Tensor:
@@ -102,8 +109,11 @@ class ReLU(Elementwise):
         return x.relu_()
 
     def df(self, y: Tensor) -> Tensor:
-        # [y > 0] = sign(y) for y = relu(x) ≥ 0; a float op (a bool mask is 3-10x slower here)
-        return torch.sign(y)
+        # [y ≠ 0] for y = relu(x) ≥ 0, and 1 at NaN, as native gives in every dtype and kernel
+        # (elu, selu, hardtanh, relu6: NaN or 0 in native's vectorised kernel, which the others
+        # match, and 1 in its scalar tail). sign(y) with NaN read as 1 first; float ops: a bool
+        # mask is 3-10x slower here
+        return y.nan_to_num(1.0).sign_()
 
     def kinks(self) -> tuple[float, ...]:
         return (0.0,)
@@ -144,9 +154,10 @@ class LeakyReLU(Elementwise):
 
 @activation
 class ELU(Elementwise):
-    r""":math:`y = x` if :math:`x > 0` else :math:`α(e^x - 1)`; :math:`f'(x) = 1` or :math:`αe^x = y + α`.
+    r""":math:`y = x` if :math:`x > 0` else :math:`α(e^x - 1)`; :math:`f'(x) = 1` or :math:`αe^x`.
 
-    With ``α ≥ 0`` the derivative is a function of ``y`` (saved); else of ``x`` (saved).
+    ``f′`` is computed from ``x``, as native does: from ``y`` (``αeˣ = y + α``) it would be 0 once
+    ``y`` rounds to ``−α`` (``x < −17`` in float32), where ``αeˣ`` is still ``2e-9``.
     """
 
     alpha: float = 1.0
@@ -155,21 +166,13 @@ class ELU(Elementwise):
     native_function = F.elu
     torch_functions = (F.elu, F.elu_)
     settings = ({}, {"alpha": 2.0}, {"alpha": -0.5})
-
-    @property
-    def from_output(self) -> bool:  # type: ignore[override]
-        return self.alpha >= 0
+    from_output = False
 
     def f(self, x: Tensor) -> Tensor:
         return F.elu(x, self.alpha)
 
-    def f_(self, x: Tensor) -> Tensor:
-        return F.elu_(x, self.alpha) if self.from_output else self.f(x)
-
-    def df(self, saved: Tensor) -> Tensor:
-        if self.from_output:  # saved = y: y > 0 ⇔ x > 0, and α eˣ = y + α
-            return torch.where(saved > 0, 1.0, saved + self.alpha)
-        return torch.where(saved > 0, 1.0, self.alpha * torch.exp(saved))  # saved = x
+    def df(self, x: Tensor) -> Tensor:
+        return torch.where(x > 0, 1.0, self.alpha * torch.exp(x))  # NaN at NaN, as native (see ReLU)
 
     def kinks(self) -> tuple[float, ...]:
         return (0.0,)
@@ -195,7 +198,7 @@ class Softplus(Elementwise):
 
     def df(self, x: Tensor) -> Tensor:
         bx = x * self.beta if self.beta != 1.0 else x
-        return torch.where(bx > self.threshold, 1.0, torch.sigmoid(bx))
+        return torch.where(bx > self.threshold, 1.0, _sigmoid(bx))
 
     def kinks(self) -> tuple[float, ...]:
         return (self.threshold / self.beta,)
@@ -205,7 +208,11 @@ def gelu_derivative(x: Tensor, approximate: str = "none") -> Tensor:
     """f′(x) of GELU, exact (Φ(x) + x φ(x)) or tanh-approximated, with differentiable ops."""
     if approximate == "tanh":
         t = torch.tanh(_K_TANH * (x + _C_TANH * x * x * x))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _K_TANH * (1 + 3 * _C_TANH * x * x)
+        # 1 − t² is exactly 0 for |x| ≥ 10 in every dtype (tanh(43) rounds to 1 even in float64),
+        # so x clamped there changes nothing but keeps x·(1 − t²)·(1 + 3cx²) from inf · 0 = NaN
+        # (x² overflows for |x| > 256 in float16, 1.8e19 in float32; f′ is then 1 or 0)
+        xc = x.clamp(-_GELU_TANH_FLAT, _GELU_TANH_FLAT)
+        return 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * _K_TANH * (1 + 3 * _C_TANH * xc * xc)
     cdf = 0.5 * (1 + torch.erf(x * _INV_SQRT_2))  # Φ(x)
     pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI  # φ(x)
     return cdf + x * pdf
@@ -245,7 +252,7 @@ class GELU(Elementwise):
         return gelu_derivative(x, self.approximate)
 
     def backward(self, g: Tensor, saved: Tensor, graph: bool, owned: bool = False) -> Tensor:
-        if graph or self.approximate != "none":
+        if graph or self.approximate != "none" or saved.dtype in _HALF:
             return super().backward(g, saved, graph)
         # Hand-tuned (no graph, exact): df's f′ = Φ(x) + x φ(x) in six passes instead of eleven,
         # over an owned g in place. Worth it: engine step / native at 64x128x8 gelu 0.58 with it,
@@ -282,24 +289,23 @@ class SiLU(Elementwise):
 
 @activation
 class SELU(Elementwise):
-    r""":math:`y = λx` if :math:`x > 0` else :math:`λα(e^x - 1)`; :math:`f'(x) = λ` or :math:`λαe^x = y + λα`.
+    r""":math:`y = λx` if :math:`x > 0` else :math:`λα(e^x - 1)`; :math:`f'(x) = λ` or :math:`λαe^x`.
 
     ``λ ≈ 1.0507`` and ``α ≈ 1.6733`` are the constants of Klambauer et al. (2017), as in torch.
+    ``f′`` is computed from ``x``, as native does (from ``y``, ``y + λα`` is 0 for ``x < −17``).
     """
 
     name = "selu"
     module = nn.SELU
     native_function = F.selu
     torch_functions = (F.selu, torch.selu, torch.selu_, F.selu_)
+    from_output = False
 
     def f(self, x: Tensor) -> Tensor:
         return torch.selu(x)
 
-    def f_(self, x: Tensor) -> Tensor:
-        return torch.selu_(x)
-
-    def df(self, y: Tensor) -> Tensor:
-        return torch.where(y > 0, _SELU_SCALE, y + _SELU_SCALE * _SELU_ALPHA)
+    def df(self, x: Tensor) -> Tensor:
+        return torch.where(x > 0, _SELU_SCALE, (_SELU_SCALE * _SELU_ALPHA) * torch.exp(x))
 
     def kinks(self) -> tuple[float, ...]:
         return (0.0,)
@@ -340,7 +346,7 @@ class Hardswish(Elementwise):
         return F.hardswish(x)
 
     def df(self, x: Tensor) -> Tensor:
-        return torch.where(x < -3, 0.0, torch.where(x <= 3, x / 3 + 0.5, 1.0))
+        return torch.where(x > 3, 1.0, torch.where(x < -3, 0.0, x / 3 + 0.5))  # NaN at NaN, as native
 
     def kinks(self) -> tuple[float, ...]:
         return (-3.0, 3.0)
@@ -454,7 +460,7 @@ class LogSigmoid(Elementwise):
         return F.logsigmoid(x)
 
     def df(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(-x)
+        return _sigmoid(-x)
 
 
 @activation

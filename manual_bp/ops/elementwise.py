@@ -35,6 +35,8 @@ from manual_bp.ops._op import Op, Sample, unary_samples
 
 __all__ = ["Elementwise", "activation", "to_float32"]
 
+_HALF = (torch.float16, torch.bfloat16)  # dtypes whose f′ is computed in float32 (see backward)
+
 
 @dataclass(frozen=True)
 class Elementwise:
@@ -94,7 +96,15 @@ class Elementwise:
         one, ``f′``'s new tensor is multiplied by ``g`` in place. ``owned``: ``g`` is a temporary
         the caller hands over, which a hand-tuned override may overwrite; otherwise ``g`` is never
         written.
+
+        In float16 and bfloat16, ``f′`` of ``x`` and the product are computed in float32 and
+        rounded once, as native's kernels do: in those dtypes ``f′`` would overflow (GELU-tanh's
+        ``3cx²`` for ``|x| > 256``) or underflow (SiLU's ``σ(x)`` below ``x ≈ −17``) where native's
+        does not. ``f′`` of ``y`` stays in ``y``'s dtype: ``y`` is rounded already, and its
+        comparisons with bounds (hardtanh's ``0.9``) must be made in that dtype.
         """
+        if saved.dtype in _HALF and not self.from_output:  # in float32, rounded once, as native
+            return self.backward(to_float32(g), to_float32(saved), graph).to(saved.dtype)
         if graph:
             return g * self.df(saved)
         return self.df(saved).mul_(g)
