@@ -274,7 +274,7 @@ def test_bad_learning_rate(net: manual_bp.MLP, lr: float) -> None:
         engine.sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr)
 
 
-@pytest.mark.parametrize("lr", ["0.1", None, True, torch.tensor(0.1)])
+@pytest.mark.parametrize("lr", ["0.1", None, True, torch.tensor([0.1])])
 def test_learning_rate_of_wrong_type(net: manual_bp.MLP, lr: object) -> None:
     with pytest.raises(TypeError, match="lr must be a real number"):
         engine.sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr)  # type: ignore[arg-type]

@@ -5,10 +5,14 @@ frozen parameters and its ``lr`` argument."""
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from _distributed import free_port
 from torch import Tensor
 
 import manual_bp
@@ -123,3 +127,97 @@ def test_activation_gradient_at_nan_matches_native(act: Elementwise, dtype: torc
     """
     x = torch.full((64,), math.nan, dtype=dtype)
     torch.testing.assert_close(_grad(act.manual, x), _native(act, x), rtol=0, atol=0, equal_nan=True)
+
+
+def _frozen_first_layer() -> manual_bp.MLP:
+    torch.manual_seed(0)
+    net = manual_bp.MLP([3, 4, 2])
+    net.layers[0].requires_grad_(False)
+    return net
+
+
+@pytest.mark.parametrize("loss", ["half_squared_error", "cross_entropy"])
+def test_sgd_step_skips_frozen_parameters(loss: str) -> None:
+    """Issue 18: sgd_step updated parameters with requires_grad=False; torch.optim skips them."""
+    net = _frozen_first_layer()
+    frozen = [p.clone() for p in net.layers[0].parameters()]
+    trained = [p.clone() for p in net.layers[1].parameters()]
+    x = torch.randn(5, 3)
+    target = torch.rand(5, 2) if loss == "half_squared_error" else torch.tensor([0, 1, 1, 0, 1])
+    sgd_step(net, x, target, lr=0.5, loss=loss)
+    for before, after in zip(frozen, net.layers[0].parameters(), strict=True):
+        assert torch.equal(before, after)
+    for before, after in zip(trained, net.layers[1].parameters(), strict=True):
+        assert not torch.equal(before, after)
+    # the trained layer took the step torch.optim.SGD takes with the first layer frozen
+    reference = _frozen_first_layer()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    out = reference(x)
+    native_loss = (
+        0.5 * ((out - target) ** 2).sum(-1).mean()
+        if loss != "cross_entropy"
+        else F.cross_entropy(out, target)
+    )
+    native_loss.backward()
+    optimizer.step()
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_distributed_sgd_step_skips_frozen_parameters() -> None:
+    """The same under torch.distributed (one gloo process in this one: the collective path)."""
+    net = _frozen_first_layer()
+    frozen = [p.clone() for p in net.layers[0].parameters()]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr=0.5)
+    finally:
+        dist.destroy_process_group()
+    for before, after in zip(frozen, net.layers[0].parameters(), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_sgd_epoch_skips_frozen_parameters() -> None:
+    net = _frozen_first_layer()
+    frozen = [p.clone() for p in net.layers[0].parameters()]
+    manual_bp.engine.sgd_epoch(net, torch.randn(10, 3), torch.rand(10, 2), lr=0.5, batch_size=4)
+    for before, after in zip(frozen, net.layers[0].parameters(), strict=True):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize(
+    "lr", [np.float32(0.1), np.float64(0.1), torch.tensor(0.1), torch.tensor(0.1).double()], ids=repr
+)
+def test_sgd_step_takes_numpy_and_tensor_learning_rates(lr: object) -> None:
+    """Issue 18: a numpy.float32 lr was refused ("got float32"); torch.optim takes it, and 0-d tensors."""
+    torch.manual_seed(0)
+    net, reference = manual_bp.MLP([3, 2]), manual_bp.MLP([3, 2])
+    reference.load_state_dict(net.state_dict())
+    x, target = torch.randn(5, 3), torch.rand(5, 2)
+    sgd_step(net, x, target, lr=lr)  # type: ignore[arg-type]
+    sgd_step(reference, x, target, lr=float(lr))  # type: ignore[arg-type]
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_sgd_step_learning_rate_overflowing_the_dtype(dtype: torch.dtype) -> None:
+    """Issue 18: lr=1e308 gave "value cannot be converted to type float without overflow"."""
+    net = manual_bp.MLP([3, 2]).to(dtype)
+    x, target = torch.randn(5, 3, dtype=dtype), torch.rand(5, 2, dtype=dtype)
+    largest = re.escape(f"{torch.finfo(dtype).max:g}")
+    with pytest.raises(
+        ValueError, match=rf"^lr=1e\+308 overflows the parameters' {dtype}: .* lr ≤ {largest}"
+    ):
+        sgd_step(net, x, target, lr=1e308)
+    with pytest.raises(ValueError, match=rf"^lr=1e\+308 overflows the parameters' {dtype}"):
+        manual_bp.engine.sgd_epoch(net, x, target, lr=1e308, batch_size=2)
+
+
+def test_sgd_step_learning_rate_of_a_wrong_type_says_what_is_expected() -> None:
+    net = manual_bp.MLP([3, 2])
+    expected = r"^lr must be a real number \(a float, an int, a NumPy scalar or a 0-d tensor\), got "
+    with pytest.raises(TypeError, match=expected + r"a tensor of shape \(1,\) and dtype torch.float32$"):
+        sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr=torch.tensor([0.1]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=expected + "str$"):
+        sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr="0.1")  # type: ignore[arg-type]

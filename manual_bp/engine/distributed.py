@@ -67,6 +67,7 @@ def distributed_step(
     global_total, global_count = flat[-2], flat[-1]
     factor = lr / global_count if reduction == "mean" else lr
     for p, grad in zip(params, views, strict=True):
-        p.sub_((grad * factor).to(p.dtype))  # UPD: Δw = −α ∂C/∂w
+        if p.requires_grad:  # a frozen parameter is left as it is, as torch.optim does
+            p.sub_((grad * factor).to(p.dtype))  # UPD: Δw = −α ∂C/∂w
     loss_value = global_total / global_count if reduction == "mean" else global_total.clone()
     return loss_value.to(y0.dtype)

@@ -46,7 +46,7 @@ def sgd_epoch(
     torch.Size([])
     """
     y0, target = check_call(mlp, x, target, loss, reduction)
-    lr = check_lr(lr)
+    lr = check_lr(lr, y0.dtype)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     rows = y0.shape[0]

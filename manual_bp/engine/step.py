@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +78,7 @@ def _common_call(
         loss == "half_squared_error"
         and (reduction == "mean" or reduction == "sum")
         and type(lr) is float
-        and 0.0 < lr < math.inf
+        and 0.0 < lr <= _largest(params[0].dtype)
         and mlp._plain_call(x, target, params)
     )
 
@@ -88,12 +90,38 @@ def no_autocast(x: Tensor) -> Any:
     return torch.autocast(x.device.type, enabled=False)
 
 
-def check_lr(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(f"lr must be a real number, got {type(lr).__name__}")
+def check_lr(lr: Any, dtype: torch.dtype) -> float:
+    """``lr`` as a Python float: a real number (``float``, ``int``, a NumPy scalar or a 0-d real
+    tensor, as ``torch.optim`` takes), positive, and finite in the parameters' ``dtype`` (a
+    larger one would overflow the update ``−lr ∂C/∂w``)."""
+    if isinstance(lr, Tensor) and lr.dim() == 0 and not lr.is_complex() and lr.dtype != torch.bool:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(
+            f"lr must be a real number (a float, an int, a NumPy scalar or a 0-d tensor), got {_describe(lr)}"
+        )
+    lr = float(lr)
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be positive and finite, got {lr}")
-    return float(lr)
+    if lr > _largest(dtype):
+        raise ValueError(
+            f"lr={lr:g} overflows the parameters' {dtype}: the update −lr·∂C/∂w needs lr ≤ "
+            f"{_largest(dtype):g}, the largest {dtype}"
+        )
+    return lr
+
+
+def _describe(value: Any) -> str:
+    """A value's type for an error, with a tensor's shape and dtype."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
+
+
+@functools.cache
+def _largest(dtype: torch.dtype) -> float:
+    """The largest finite value of a floating ``dtype``."""
+    return torch.finfo(dtype).max
 
 
 def sgd_step(
@@ -108,7 +136,9 @@ def sgd_step(
 
     Runs FF, BP1, BP2 and BP3 by hand and updates every ``W_n`` and ``b_n`` by ``−lr ∂C/∂W_n``
     (the update is fused into BP3's product: ``W.addmm_(δᵀ, y, alpha=−lr)``). ``δ_n`` is computed
-    with ``W_n`` before its update, as the derivation requires.
+    with ``W_n`` before its update, as the derivation requires. A parameter with
+    ``requires_grad=False`` (a frozen layer) is not updated, as ``torch.optim`` skips it; the
+    errors still flow through its layer.
 
     Args:
         mlp: a :class:`manual_bp.MLP` (fused or not: the engine only reads its parameters).
@@ -116,7 +146,8 @@ def sgd_step(
             ``torch.autocast``, if enabled, is switched off inside it.
         target: ``(*, D_N)`` for ``'half_squared_error'``; for ``'cross_entropy'`` int64 class
             indices ``(*)`` or class probabilities ``(*, D_N)``.
-        lr: the learning rate ``α > 0``.
+        lr: the learning rate ``α > 0``: a float, an int, a NumPy scalar or a 0-d tensor, at most
+            the parameters' dtype's largest value.
         loss: ``'half_squared_error'`` (the seed's ``½‖y_N − t‖²`` per sample) or
             ``'cross_entropy'`` (the output taken as logits).
         reduction: ``'mean'`` or ``'sum'`` over samples.
@@ -137,7 +168,7 @@ def sgd_step(
             # the usual call
             return single_step(mlp.layers_of(params), x, target, lr, loss, reduction, mlp.bp2())
     y0, target = check_call(mlp, x, target, loss, reduction)
-    lr = check_lr(lr)
+    lr = check_lr(lr, y0.dtype)
     layers = mlp.layers_of(mlp.parameters_flat())
     with no_autocast(y0):
         if is_distributed():
@@ -206,8 +237,9 @@ def local_step(
     def bp3(n: int, delta: Tensor) -> None:  # BP3 + UPD: W_n −= α δ_{n+1}ᵀ y_n; (D_{n+1}, M) @ (M, D_n)
         weight, bias, _ = layers[n]
         delta_t = delta.t()
-        weight.addmm_(delta_t, ys[n], alpha=-rate)
-        if bias is not None:
+        if weight.requires_grad:  # a frozen parameter is left as it is, as torch.optim does
+            weight.addmm_(delta_t, ys[n], alpha=-rate)
+        if bias is not None and bias.requires_grad:
             bias.addmv_(delta_t, ones_, alpha=-rate)  # b_n −= α Σ_rows δ_{n+1}
 
     backprop(layers, saved, g, bp3, owned=True, feedback=feedback)  # BP1, BP2, and BP3 + UPD per layer
