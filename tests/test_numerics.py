@@ -221,3 +221,25 @@ def test_sgd_step_learning_rate_of_a_wrong_type_says_what_is_expected() -> None:
         sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr=torch.tensor([0.1]))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=expected + "str$"):
         sgd_step(net, torch.randn(5, 3), torch.rand(5, 2), lr="0.1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["no weight", "weight"])
+def test_cross_entropy_ignored_row_with_huge_logits_is_finite(reduction: str, weighted: bool) -> None:
+    """Issue 18: with label smoothing, an ignored row whose logits are ±3e38 (log p = −inf) made
+    the loss NaN (its smoothing term −Σ log p = inf times keep = 0); native masks the row: finite."""
+    logits = torch.tensor([[3e38, -3e38, 0.0], [0.0, 1.0, 2.0], [-3e38, 3e38, 1.0]])
+    target = torch.tensor([-100, 1, -100])
+    weight = torch.tensor([1.0, 2.0, 3.0]) if weighted else None
+    kwargs = {"weight": weight, "reduction": reduction, "label_smoothing": 0.1}
+    manual = _grad_and_loss(MF.cross_entropy, logits, target, kwargs)
+    native = _grad_and_loss(F.cross_entropy, logits, target, kwargs)
+    assert torch.isfinite(manual[0]).all() and torch.isfinite(manual[1]).all()
+    torch.testing.assert_close(manual, native)
+
+
+def _grad_and_loss(function, logits: Tensor, target: Tensor, kwargs: dict) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+    z = logits.clone().requires_grad_()
+    loss = function(z, target, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), z.grad  # type: ignore[return-value]

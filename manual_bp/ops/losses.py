@@ -724,7 +724,9 @@ class CrossEntropyFunction(ManualFunction):
         if label_smoothing:  # (1 − ε) nll + (ε/C) Σ_k w_k (−log p_k), the same rows and normaliser
             keep, _, w_t = _target_weights(target, weight, ignore_index)
             w = 1 if weight is None else _class_view(weight, input.dim(), cd)
-            smooth = -(log_p * w).sum(cd) * keep  # (N, C, ...) -> (N, ...)
+            # (N, C, ...) -> (N, ...); an ignored row set to 0, not multiplied by it: its −Σ log p
+            # may be inf (a logit of ±3e38), and inf · 0 = NaN where native's masked row is 0
+            smooth = (-(log_p * w).sum(cd)).masked_fill_(~keep, 0.0)
             if reduction != "none":
                 smooth = smooth.sum() / w_t.sum() if reduction == "mean" else smooth.sum()
             loss = (1 - label_smoothing) * loss + (label_smoothing / input.shape[cd]) * smooth
