@@ -3,8 +3,8 @@
 Trains the default recipe's network (`ManualBPModule`, sigmoid MLP [64, 64, 10], plain SGD) on digits
 for ``--steps`` optimizer steps, once as 1 process with batches of 16 and once as 2 ``ddp_spawn``
 CPU processes with batches of 8 (the same global batches: the sampler shards one seeded order), with
-only full batches (``limit_train_batches=78``: the 79th batch of the 1,257 training images is partial,
-which the sampler pads under DDP). Prints the largest weight difference and the difference of the
+78 batches an epoch (``limit_train_batches=78``: full batches only). Prints the largest weight
+difference and the difference of the
 training loss on the whole training set after the last step. docs/training.md quotes its output.
 
     python scripts/ddp_drift.py --steps 150
