@@ -82,7 +82,7 @@ def test_digits_split_is_stratified_seeded_and_scaled() -> None:
 def _order(data: DigitsDataModule, epoch: int) -> list[int]:
     loader = data.train_dataloader()
     loader.sampler.set_epoch(epoch)  # what Lightning calls before every epoch
-    return [int(i) for i in loader.sampler]
+    return [int(i) for batch in loader.sampler for i in batch]  # (the sampler yields whole batches)
 
 
 def test_training_order_depends_on_seed_and_epoch_only() -> None:
