@@ -231,13 +231,16 @@ def feedback_matrix(layer: Any, weight: Tensor) -> Tensor:
 
 
 def bp2_matrices(layers: Any, new_batch: bool) -> list[Tensor]:
-    """Each layer's ``B_n`` (:func:`feedback_matrix`) for the step about to run; with
-    ``new_batch``, a ``brsf`` layer first draws its ``R`` for this batch."""
-    if new_batch and not _frozen[0]:
-        for layer in layers:
-            if layer.feedback_rule == "brsf":
-                _redraw(layer)
-    return [feedback_matrix(layer, layer.weight) for layer in layers]
+    """Each layer's ``B_n`` for the step about to run (:func:`_batch_matrix`)."""
+    return [_batch_matrix(layer, layer.weight, new_batch) for layer in layers]
+
+
+def _batch_matrix(layer: Any, weight: Tensor, new_batch: bool) -> Tensor:
+    """The layer's ``B_n`` (:func:`feedback_matrix`) for a step; with ``new_batch`` (a training
+    batch) a ``brsf`` layer first draws its ``R`` for it."""
+    if new_batch and layer.feedback_rule == "brsf" and not _frozen[0]:
+        _redraw(layer)
+    return feedback_matrix(layer, weight)
 
 
 def _redraw(layer: Any) -> None:
@@ -258,9 +261,8 @@ def feedback_forward(layer: Any, input: Tensor, weight: Tensor, bias: Tensor | N
         if torch.is_grad_enabled():
             return _direct_forward(layer, input, weight, bias, *extra)
         return layer.manual_forward(input, weight, bias, None, *extra)
-    if rule == "brsf" and layer.training and torch.is_grad_enabled() and not _frozen[0]:
-        _redraw(layer)  # a training batch: a new R
-    return layer.manual_forward(input, weight, bias, feedback_matrix(layer, weight), *extra)
+    matrix = _batch_matrix(layer, weight, layer.training and torch.is_grad_enabled())
+    return layer.manual_forward(input, weight, bias, matrix, *extra)
 
 
 # --------------------------------------------------------------------------------------------
