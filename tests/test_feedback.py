@@ -5,6 +5,7 @@ seeding, checkpoints, DDP, alignment metrics, the Lightning integration and the 
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 
@@ -450,3 +451,26 @@ def test_feedback_check_fails_when_bp2_ignores_b(monkeypatch) -> None:  # noqa: 
     rows = run_feedback_suite("fa", [wrong])
     assert rows and not any(r.passed for r in rows)
     assert all(r.passed for r in run_feedback_suite("fa", [linear]))
+
+
+def _feedback_call(op: manual_bp.ops.Op, b: torch.Tensor, kwargs: dict, *args: object) -> torch.Tensor:
+    return op.feedback(*args, feedback=b, **kwargs)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", [op.name for op in manual_bp.ops.OPS if op.feedback is not None])
+def test_feedback_functions_with_b_equal_to_w_pass_gradcheck_and_gradgradcheck(name: str) -> None:
+    # with B = W the rule is backprop: the Function's written-out backward must then be the exact
+    # gradient, and differentiable again (B is a detached copy: it gets no gradient)
+    op = next(o for o in manual_bp.ops.OPS if o.name == name)
+    torch.manual_seed(0)
+    for sample in op.samples(torch.float64, torch.device("cpu"))[:4]:
+        x, w, *rest = sample.args
+        b = w.detach().clone()
+
+        fn = functools.partial(_feedback_call, op, b, dict(sample.kwargs))
+        inputs = (x, w, *rest)
+        assert torch.autograd.gradcheck(fn, inputs), sample.label
+        assert torch.autograd.gradgradcheck(fn, inputs), sample.label
+        native = op.native(x, w, *rest, **sample.kwargs)
+        torch.testing.assert_close(fn(*inputs), native, rtol=1e-12, atol=1e-12)
+        assert fn(*inputs).grad_fn.name().startswith("Feedback")
