@@ -59,8 +59,10 @@ from manual_bp.ops.linear import FeedbackLayer, Linear
 __all__ = [
     "RULES",
     "DirectFeedbackFunction",
-    "clear_feedback",
+    "angle",
     "bp2_matrices",
+    "check_rule",
+    "clear_feedback",
     "feedback_layers",
     "feedback_matrix",
     "feedback_rules",
