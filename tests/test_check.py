@@ -260,7 +260,8 @@ def test_check_model_sees_attention_projections_and_works_on_manual_models() -> 
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=nn.ReLU(), batch_first=True).eval()
     result = check.check_model(layer, torch.randn(2, 3, 8))
     assert result.passed
-    assert [c.op for c in result.native_calls] == ["multi_head_attention_forward"]
+    # the attention, and the residual connections' additions (``x + self._sa_block(x)``)
+    assert [c.op for c in result.native_calls] == ["multi_head_attention_forward", "add", "add"]
     built = nn.Sequential(manual_bp.Linear(3, 4), manual_bp.ReLU(), manual_bp.Linear(4, 1))
     result = check.check_model(built, torch.randn(5, 3))
     assert result.passed and len(result.report.manual) == 3 and result.native_calls == []

@@ -40,6 +40,7 @@ from manual_bp.ops.activations import (
     get_activation,
     resolve_activation,
 )
+from manual_bp.ops.arithmetic import ARITHMETIC_OPS
 from manual_bp.ops.conv import CONV_OPS
 from manual_bp.ops.dropout import DROPOUT_OPS
 from manual_bp.ops.elementwise import Elementwise
@@ -81,6 +82,7 @@ OPS: tuple[Op, ...] = (
     *SHAPE_OPS,
     *LOSS_OPS,
     *NETWORK_OPS,
+    *ARITHMETIC_OPS,
 )
 
 
