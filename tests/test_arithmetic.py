@@ -284,3 +284,174 @@ def test_hand_written_rms_norm_and_layer_scale_like_native() -> None:
     _same_as_native(model(MF), model(torch), x, w, gamma, pos)
     out = model(MF)(x, w, gamma, pos)
     assert out.grad_fn.name() == "SumFunctionBackward"
+
+
+# ------------------------------------------------------------------------------------------------
+# matmul family
+# ------------------------------------------------------------------------------------------------
+
+MATMUL_SHAPES = [  # every rank case of torch.matmul
+    ((3,), (3,)),
+    ((3,), (3, 4)),
+    ((2, 3), (3,)),
+    ((2, 3), (3, 4)),
+    ((2, 2, 3), (3, 4)),
+    ((2, 3), (2, 3, 4)),
+    ((3,), (2, 3, 4)),
+    ((2, 2, 3), (3,)),
+    ((2, 1, 2, 3), (3, 3, 2)),
+    ((1, 2, 3), (2, 3, 4)),
+    ((2, 2, 3), (1, 3, 4)),
+    ((0, 2, 3), (3, 4)),
+]
+
+
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES, ids=str)
+def test_matmul_every_rank_like_native(shapes: tuple[tuple[int, ...], ...]) -> None:
+    _same_as_native(MF.matmul, torch.matmul, _x(*shapes[0]), _x(*shapes[1]))
+
+
+def test_matmul_one_operand_without_grad() -> None:
+    for a, b in ((_x(2, 2, 3), torch.randn(3, 4, dtype=F64)), (torch.randn(2, 2, 3, dtype=F64), _x(3, 4))):
+        _same_as_native(MF.matmul, torch.matmul, a, b)
+
+
+def test_matmul_errors_are_torchs() -> None:
+    with pytest.raises(RuntimeError, match="both arguments to matmul need to be at least 1D"):
+        MF.matmul(_x(), _x(3))
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        MF.matmul(_x(2, 3), _x(4, 2))
+    with pytest.raises(TypeError, match="must be Tensor"):
+        MF.matmul(_x(2, 3), 2)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        MF.mm(_x(2, 3), _x(3, 2, dtype=torch.float32))
+    with pytest.raises(RuntimeError, match="3D"):
+        MF.bmm(_x(2, 3), _x(3, 2))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"beta": 0.5, "alpha": -2.0}, {"beta": 0}, {"alpha": 0}], ids=str)
+@pytest.mark.parametrize("input_shape", [(4,), (2, 4), (2, 1), (1, 4), ()], ids=str)
+def test_addmm_like_native(input_shape: tuple[int, ...], kwargs: dict[str, float]) -> None:
+    _same_as_native(MF.addmm, torch.addmm, _x(*input_shape), _x(2, 3), _x(3, 4), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"beta": 0.5, "alpha": -2.0}], ids=str)
+@pytest.mark.parametrize("input_shape", [(2, 2, 4), (4,), (2, 1, 4), (1, 2, 1)], ids=str)
+def test_baddbmm_like_native(input_shape: tuple[int, ...], kwargs: dict[str, float]) -> None:
+    _same_as_native(MF.baddbmm, torch.baddbmm, _x(*input_shape), _x(2, 2, 3), _x(2, 3, 4), **kwargs)
+
+
+class _Conv1D(torch.nn.Module):
+    """transformers' GPT-2 ``Conv1D`` (a linear layer with its weight transposed), ``addmm`` given."""
+
+    def __init__(self, nf: int, nx: int, addmm: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf, dtype=F64) * 0.1)
+        self.bias = torch.nn.Parameter(torch.randn(nf, dtype=F64))
+        self.addmm = addmm
+
+    def forward(self, x: Tensor) -> Tensor:
+        size_out = x.size()[:-1] + (self.weight.size(-1),)
+        x = self.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+def test_gpt2_conv1d_with_manual_addmm_like_native() -> None:
+    torch.manual_seed(0)
+    manual = _Conv1D(4, 3, MF.addmm)
+    native = _Conv1D(4, 3, torch.addmm)
+    native.load_state_dict(manual.state_dict())
+    x = torch.randn(2, 5, 3, dtype=F64)
+    out, ref = manual(x), native(x)
+    assert out.grad_fn.next_functions[0][0].name() == "AddmmFunctionBackward"
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(out.sin().sum(), list(manual.parameters()))
+    ref_grads = torch.autograd.grad(ref.sin().sum(), list(native.parameters()))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_with_matmul_and_softmax_like_native() -> None:
+    def attention(ops: Any, softmax: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def f(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            scores = ops.div(ops.matmul(q, k.transpose(-1, -2)), 2.0)  # (b, h, q, d) @ (b, h, d, k)
+            return ops.matmul(softmax(scores, dim=-1), v)
+
+        return f
+
+    q, k, v = _x(2, 2, 3, 4), _x(2, 2, 5, 4), _x(2, 2, 5, 4)
+    _same_as_native(attention(MF, MF.softmax), attention(torch, torch.softmax), q, k, v)
+
+
+# ------------------------------------------------------------------------------------------------
+# einsum
+# ------------------------------------------------------------------------------------------------
+
+EINSUM_CALLS = [
+    ("ij,jk->ik", (2, 3), (3, 4)),
+    ("ij,jk", (2, 3), (3, 4)),
+    ("Ab,bc", (2, 3), (3, 4)),  # implicit output with an uppercase label
+    ("b i j , b j k -> b i k", (2, 2, 3), (2, 3, 4)),  # spaces
+    ("bhqd,bhkd->bhqk", (1, 2, 3, 2), (1, 2, 4, 2)),
+    ("i,j->ij", (3,), (4,)),
+    ("i,i->", (3,), (3,)),
+    ("ij->", (2, 3)),
+    ("ij->ji", (2, 3)),
+    ("ij->ij", (2, 3)),
+    ("ij->j", (2, 3)),
+    ("...ij,jk->...ik", (2, 2, 3), (3, 2)),
+    ("...ij,...jk", (2, 2, 3), (3, 4)),  # ellipses of different widths broadcast
+    ("...ij->ij", (4, 2, 3)),  # ellipsis dims not in the output: summed
+    ("ij,ij->i", (1, 3), (2, 3)),  # a size-1 dim broadcast
+    ("ij,j->", (2, 3), (1,)),  # a size-1 label broadcast, and a label in one operand only
+    ("ijk,ik->j", (2, 3, 2), (2, 2)),
+    ("ij,jk,kl->il", (2, 3), (3, 2), (2, 2)),
+    ("bn,anm,bm->ba", (2, 3), (4, 3, 2), (2, 2)),  # a bilinear form
+]
+
+
+@pytest.mark.parametrize("call", EINSUM_CALLS, ids=lambda c: c[0])
+def test_einsum_like_native(call: tuple[Any, ...]) -> None:
+    equation, *shapes = call
+    _same_as_native(MF.einsum, torch.einsum, equation, *(_x(*s) for s in shapes))
+
+
+def test_einsum_operands_as_a_list_and_sublists() -> None:
+    a, b = _x(2, 3), _x(3, 4)
+    out = MF.einsum("ij,jk->ik", [a, b])
+    assert out.grad_fn.name() == "EinsumFunctionBackward"
+    torch.testing.assert_close(out, a @ b, rtol=1e-10, atol=1e-12)
+    _same_as_native(MF.einsum, torch.einsum, a, [0, 1], b, [1, 2], [0, 2])
+    _same_as_native(MF.einsum, torch.einsum, a, [0, 1], b, [1, 27])  # implicit; 27 is 'b'
+    _same_as_native(MF.einsum, torch.einsum, _x(2, 2, 3), [..., 0, 1], b, [1, 2], [..., 0, 2])
+
+
+def test_einsum_repeated_subscript_refused() -> None:
+    with pytest.raises(ValueError, match=r"repeats the subscript\(s\) i \(a diagonal\)"):
+        MF.einsum("ii->i", _x(3, 3))
+    with pytest.raises(ValueError, match="diagonal"):
+        MF.einsum("ij,kjj->ik", _x(2, 3), _x(2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (("ij,jk->ik", (2, 3)), "more operands were specified|operands"),
+        (("ij->ik", (2, 3)), "output subscript k does not appear"),
+        (("i1->i", (2, 3)), r"subscripts must be in \[a-zA-Z\]"),
+        (("ijk->i", (2, 3)), "number of dimensions"),
+        (("ij,jk->ik", (2, 3), (2, 3)), "does not broadcast"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else "",
+)
+def test_einsum_errors_are_torchs(call: tuple[Any, ...], match: str) -> None:
+    equation, *shapes = call
+    with pytest.raises(RuntimeError, match=match):
+        MF.einsum(equation, *(_x(*s) for s in shapes))
+
+
+def test_einsum_compiles_with_the_equation_as_a_constant() -> None:
+    a, b = _x(2, 3, dtype=torch.float32), _x(3, 4, dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: MF.einsum("ij,jk->ik", a, b), fullgraph=True)
+    torch.testing.assert_close(compiled(a, b), a @ b)

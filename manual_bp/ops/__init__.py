@@ -47,6 +47,7 @@ from manual_bp.ops.elementwise import Elementwise
 from manual_bp.ops.embedding import EMBEDDING_OPS
 from manual_bp.ops.linear import LINEAR_OPS
 from manual_bp.ops.losses import LOSS_OPS
+from manual_bp.ops.matmul import MATMUL_OPS
 from manual_bp.ops.network import NETWORK_OPS
 from manual_bp.ops.norm import NORM_OPS
 from manual_bp.ops.padding import PADDING_OPS
@@ -83,6 +84,7 @@ OPS: tuple[Op, ...] = (
     *LOSS_OPS,
     *NETWORK_OPS,
     *ARITHMETIC_OPS,
+    *MATMUL_OPS,
 )
 
 
