@@ -465,6 +465,7 @@ def _mm_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
         ),
         Sample((x(0, 3), x(3, 4)), label="empty rows"),
         Sample((x(2, 0), x(0, 3)), label="empty inner dim"),
+        Sample((x(3, 1), x(1, 4)), label="outer product (inner dim 1)"),
     ]
 
 
@@ -478,6 +479,8 @@ def _bmm_samples(dtype: torch.dtype, device: torch.device) -> list[Sample]:
             label="non-contiguous",
         ),
         Sample((x(0, 2, 3), x(0, 3, 4)), label="empty batch"),
+        Sample((x(3, 2, 1), x(3, 1, 2)), label="outer products (inner dim 1)"),
+        Sample((x(2, 1, 4), x(2, 4, 1)), label="dot products (1 x 1 results)"),
     ]
 
 
