@@ -142,6 +142,13 @@ def test_bad_data_or_network_fails_before_training(
     assert not list(tmp_path.glob("**/*.ckpt"))
 
 
+def test_gradient_check_runs_in_float64(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the coverage line ran the float64 network on the loader's float32 batch: a dtype TypeError
+    main([*TINY, "--trainer.max_epochs", "1", "--trainer.precision", "64", "--test", "false",
+          "--gradient_flow.plot", "false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert "gradient check (one batch of 16, float64" in caplog.text
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_through_the_command_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "manual_bp", "train", *TINY, "--trainer.max_epochs", "1",

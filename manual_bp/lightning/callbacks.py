@@ -122,6 +122,7 @@ class GradientCheck(pl.Callback):
             loader = next(iter(loader.values()))
         with torch.random.fork_rng(devices=[]):  # drawing a batch must not move the RNG of training
             x, y = next(iter(loader))[:2]
+        x = trainer.precision_plugin.convert_input(x)  # as training sees it (float64 with precision 64)
         self._report_coverage(trainer, pl_module, x, y)
         self.errors = compare_gradients(pl_module, x, y)
         self.max_rel_error = max(self.errors.values(), default=0.0)
