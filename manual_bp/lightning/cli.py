@@ -143,7 +143,8 @@ class ManualBPCLI(LightningCLI):
             default=False,
             help=(
                 "Resume from --ckpt_path even where the checkpoint was written with other --model "
-                "settings (by default such a resume stops and lists the differences)."
+                "settings, or mid-epoch without the position of the training data (an older manual-bp), "
+                "so that the resume is not exact (by default such a resume stops and says why)."
             ),
         )
         parser.add_argument(
@@ -227,6 +228,7 @@ def check_checkpoint(path: str, hparams: Any, allow_changed: bool = False) -> No
             )
     if allow_changed:
         return
+    _check_resumable_mid_epoch(path, state)
     saved, now = dict(state.get("hyper_parameters") or {}), dict(hparams)
     changed = [
         f"{key}: {saved.get(key, '(not set)')!r} in the checkpoint, {now.get(key, '(not set)')!r} now"
@@ -238,6 +240,24 @@ def check_checkpoint(path: str, hparams: Any, allow_changed: bool = False) -> No
             f"checkpoint {path} was written with other model settings: {'; '.join(changed)}. Resume with "
             "the checkpoint's settings (its run directory holds config.yaml), or pass "
             "--resume_changed true to resume with these"
+        )
+
+
+def _check_resumable_mid_epoch(path: str, state: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when ``state`` was written mid-epoch without the position of the
+    training data in that epoch (an older manual_bp, or a DataModule whose training loader has no
+    ``state_dict``): resuming would not go on where that epoch stopped."""
+    loop = (state.get("loops") or {}).get("fit_loop") or {}
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    trained = (batches.get("current") or {}).get("processed", 0)
+    position = (loop.get("state_dict") or {}).get("combined_loader")
+    if trained and not batches.get("is_last_batch", True) and not position:
+        raise CheckpointError(
+            f"checkpoint {path} was written mid-epoch (after {trained} batches of epoch "
+            f"{state.get('epoch')}) without the position of the training data in that epoch (written by "
+            "an older manual-bp, or with a DataModule whose training DataLoader has no state_dict), so "
+            "resuming from it would not be exact. Resume from a checkpoint written at the end of an "
+            "epoch, or pass --resume_changed true to resume anyway"
         )
 
 
@@ -294,8 +314,11 @@ def main(argv: list[str] | None = None) -> None:
         check_checkpoint(ckpt_path, model.hparams, cli.config.get("resume_changed", False))
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except CheckpointError as error:  # raised while restoring: the training data's position
+        _drop_empty_runs(trainer)
+        raise CheckpointError(f"checkpoint {ckpt_path}: {error}") from error
     except (ValueError, OSError) as error:  # bad data or a network that does not fit it, before a step
-        if trainer.global_step > 0 or _debug() or isinstance(error, CheckpointError):
+        if trainer.global_step > 0 or _debug():
             raise
         _drop_empty_runs(trainer)
         raise SetupError(f"{error} (MANUAL_BP_DEBUG=1 shows the traceback)") from error

@@ -12,8 +12,10 @@ Loading happens in ``setup(stage)`` (nothing is downloaded). After ``setup`` a D
 ``num_outputs`` (classes, or target columns) and ``num_classes``.
 
 Splits are seeded (and stratified by label for classification) with scikit-learn's
-``train_test_split``. The training order is a seeded permutation per epoch (``seed + epoch``), so a
-run resumed from a checkpoint sees the same batches as an uninterrupted one; under DDP that same
+``train_test_split``. The training order is a seeded permutation per epoch (``seed + epoch``), and
+the training loader's state is its position in the epoch (:class:`ResumableLoader`), so a run
+resumed from a checkpoint, even one written mid-epoch, sees the same batches as an uninterrupted one;
+no loader draws from the global random state (each has its own generator); under DDP that same
 order is sharded across processes (rank ``r`` of ``k`` takes positions ``r, r + k, ...``), so ``k``
 processes with batch ``B / k`` see exactly the global batches one process with batch ``B`` sees.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from manual_bp._errors import CheckpointError
 from manual_bp.ops import ACTIVATION_NAMES, get_activation
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "DigitsDataModule",
     "FileDataModule",
     "GlobalBatchSampler",
+    "ResumableLoader",
     "TeacherRegressionDataModule",
 ]
 
@@ -54,7 +59,8 @@ class GlobalBatchSampler(DistributedSampler):
     one process with batch ``batch_size × k`` sees: no sample repeated, none dropped. Used with
     ``DataLoader(batch_size=None)``, each item a list of indices; a ``DistributedSampler`` so that
     Lightning keeps it (its permutation: ``randperm(N)`` seeded with ``seed + epoch``, as
-    ``DistributedSampler``'s)."""
+    ``DistributedSampler``'s). After :meth:`resume_at` a checkpoint's position, the resumed epoch
+    starts at the first batch not yet trained."""
 
     def __init__(
         self, data: TensorDataset, batch_size: int, world: int, rank: int, shuffle: bool, seed: int
@@ -62,6 +68,7 @@ class GlobalBatchSampler(DistributedSampler):
         super().__init__(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size = batch_size  # per process
         self.size = len(data)
+        self._resume: tuple[int, int] | None = None  # (epoch, its batches trained before the checkpoint)
 
     def __iter__(self):  # type: ignore[override]
         if self.shuffle:
@@ -70,11 +77,91 @@ class GlobalBatchSampler(DistributedSampler):
         else:
             order = list(range(self.size))
         step = self.batch_size * self.num_replicas
-        for start in range(0, self.size, step):
+        done = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        for start in range(done * step, self.size, step):
             yield order[start : start + step][self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
         return -(-self.size // (self.batch_size * self.num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None  # the resumed epoch is over: the next ones start at their first batch
+
+    def position(self, batches_done: int) -> dict[str, int | bool]:
+        """Where training stands: ``batches_done`` global batches of epoch ``epoch`` trained, and the
+        settings that fix the order (a position means nothing in another order)."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": batches_done,
+            "samples": self.size,
+            "global_batch_size": self.batch_size * self.num_replicas,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+        }
+
+    def resume_at(self, position: dict[str, int | bool]) -> None:
+        """Go on from ``position`` (:meth:`position` of the interrupted run): iterating epoch
+        ``position["epoch"]`` skips its first ``batches_done`` global batches. Raises
+        :class:`~manual_bp._errors.CheckpointError` when the position lies inside an epoch whose order
+        differs here (other data, global batch size, seed or shuffling)."""
+        epoch, done = int(position["epoch"]), int(position["batches_done"])
+        self.set_epoch(epoch)
+        if not 0 < done < len(self):
+            self._resume = None  # at an epoch's start or end: nothing to skip
+            return
+        now = self.position(done)
+        changed = [
+            f"{key} {position.get(key)!r} then, {now[key]!r} now"
+            for key in now
+            if position.get(key) != now[key]
+        ]
+        if changed:
+            raise CheckpointError(
+                f"it was written mid-epoch (after {done} batches of epoch {epoch}) and the training data's "
+                f"order differs now: {'; '.join(changed)}. Resume with the data settings of that run, or "
+                "from a checkpoint written at the end of an epoch"
+            )
+        self._resume = (epoch, done)
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader`` of :class:`GlobalBatchSampler` batches, resumable mid-epoch.
+
+    Its ``state_dict`` (which Lightning saves in every checkpoint, and loads back when a fit resumes
+    from one) is the sampler's :meth:`~GlobalBatchSampler.position` with ``batches_trained()``, the
+    batches of the epoch trained so far, counted by the trainer (the loader itself runs ahead of
+    training: Lightning fetches one batch in advance). Batches draw nothing from the global random
+    state: the loader's own ``generator`` seeds worker processes.
+    """
+
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        sampler: GlobalBatchSampler,
+        batches_trained: Callable[[], int],
+        num_workers: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            dataset, batch_size=None, sampler=sampler, num_workers=num_workers, generator=generator
+        )
+        self.batches_trained = batches_trained
+
+    def state_dict(self) -> dict[str, int | bool]:
+        return self.sampler.position(self.batches_trained())  # type: ignore[union-attr]
+
+    def load_state_dict(self, state_dict: dict[str, int | bool]) -> None:
+        self.sampler.resume_at(state_dict)  # type: ignore[union-attr]
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator: creating its iterator draws a seed for worker processes, which
+    would otherwise come from the global random state and shift the draws of training (dropout) by one
+    at every epoch and every validation, so that no checkpoint could hold the state training resumes
+    with."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _world() -> tuple[int, int]:
@@ -161,7 +248,7 @@ class ArrayDataModule(pl.LightningDataModule):
         data = self._stage_data("train")
         world, rank = _world()
         sampler = GlobalBatchSampler(data, self.batch_size, world, rank, self.shuffle, self.seed)
-        return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers)
+        return ResumableLoader(data, sampler, self._batches_trained, self.num_workers, _generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -177,8 +264,17 @@ class ArrayDataModule(pl.LightningDataModule):
         world, rank = _world()
         sampler = UnrepeatedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
-            data, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers
+            data,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            generator=_generator(self.seed),
         )
+
+    def _batches_trained(self) -> int:
+        """The batches of the current epoch trained so far (0 outside a ``Trainer``)."""
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -11,11 +11,14 @@ from __future__ import annotations
 import inspect
 import math
 import multiprocessing
+import random
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -143,6 +146,7 @@ class ManualBPModule(pl.LightningModule):
         self.train_metric: Metric | None = None
         self.val_metric: Metric | None = None
         self.test_metric: Metric | None = None
+        self._random_state_to_restore: list[dict[str, Any]] | None = None  # resuming: set at train start
         if task is not None:
             self._make_metrics(task, num_classes)
 
@@ -326,6 +330,58 @@ class ManualBPModule(pl.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.net(batch[0])
 
+    # -- checkpoints: what an exact resume needs --------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add every process's random state (the draws of training, such as dropout, go on from it
+        when resuming) and mark a fit stopped mid-epoch as mid-epoch.
+
+        Lightning counts an epoch that ``max_steps`` stopped as processed, so a checkpoint written
+        after that stop would resume at the next epoch, skipping the rest of the stopped one; here it
+        reads as the mid-epoch checkpoint it is (as ``every_n_train_steps`` writes one).
+        """
+        checkpoint[RANDOM_STATE_KEY] = _all_processes(_random_state())
+        loops = checkpoint.get("loops", {}).get("fit_loop")
+        if self._trainer is None or not loops:
+            return
+        epochs, batches = loops["epoch_progress"], loops["epoch_loop.batch_progress"]
+        trained = batches["current"]["processed"]
+        if 0 < trained < self.trainer.num_training_batches and not batches["is_last_batch"]:
+            for part in ("total", "current"):
+                if epochs[part]["processed"] == epochs[part]["started"]:  # the stopped epoch, not done
+                    epochs[part]["processed"] = epochs[part]["completed"] = epochs[part]["started"] - 1
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give the network the precision of the run before Lightning copies the weights in, and keep
+        the checkpoint's random states for :meth:`on_train_start` of a resumed fit.
+
+        Lightning loads a checkpoint before its precision plugin converts the network: with
+        ``--trainer.precision 64`` the float64 weights were rounded to the float32 network's
+        parameters and then widened again (differences of about 1e-8 after resuming).
+        """
+        if self._trainer is not None:
+            self.trainer.precision_plugin.convert_module(self)
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        self._random_state_to_restore = checkpoint.get(RANDOM_STATE_KEY) if fitting else None
+        if fitting and self._random_state_to_restore is None:
+            rank_zero_warn(
+                "the checkpoint holds no random state (written by an older manual_bp): random draws "
+                "after resuming (dropout) differ from an uninterrupted run's"
+            )
+
+    def on_train_start(self) -> None:
+        """Resuming: set the random state to the one the checkpoint was written with, now that
+        everything before the first step (sanity check, gradient check) has run."""
+        states, self._random_state_to_restore = self._random_state_to_restore, None
+        if not states:
+            return
+        rank, world = self.global_rank, self.trainer.world_size
+        if len(states) != world:
+            rank_zero_warn(
+                f"the checkpoint was written by {len(states)} processes and resumes on {world}: random "
+                "draws after resuming (dropout) differ from an uninterrupted run's"
+            )
+        _set_random_state(states[rank % len(states)])
+
     # -- optimizer -----------------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         name = self.hparams.optimizer.lower()
@@ -335,6 +391,41 @@ class ManualBPModule(pl.LightningModule):
         elif self.hparams.momentum:
             raise ValueError(f"momentum applies to 'sgd' and 'rmsprop', not {name!r}")
         return OPTIMIZERS[name](self.parameters(), **kwargs)
+
+
+#: The checkpoint key of the random states of every process (a list, rank 0 first).
+RANDOM_STATE_KEY = "manual_bp_random_state"
+
+
+def _random_state() -> dict[str, Any]:
+    """This process's global random states (torch, CUDA, NumPy, Python), in types that
+    ``torch.load(weights_only=True)`` reads."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def _set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, values, gauss_next = state["python"]
+    random.setstate((version, tuple(values), gauss_next))
+
+
+def _all_processes(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """``state`` of every process of the default group (rank 0 first); ``[state]`` without DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [state]
+    states: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
 def network_from_factory(factory: str, functional: bool = False) -> nn.Module:
