@@ -98,6 +98,20 @@ def test_resume_from_an_every_n_train_steps_checkpoint_is_exact(tmp_path: Path, 
 
 
 @pytest.mark.slow
+def test_resume_from_a_checkpoint_of_a_validation_mid_epoch_is_exact(tmp_path: Path) -> None:
+    # --trainer.val_check_interval 40: the top-k checkpoint at step 119 is written by the validation
+    # after batch 40 of epoch 1
+    every_40 = ["--trainer.val_check_interval", "40", "--checkpoint.save_top_k", "-1"]
+    _run(tmp_path / "full", *every_40)
+    (mid_epoch,) = (tmp_path / "full" / "checkpoints").glob("epoch=1-step=119*.ckpt")
+    _run(tmp_path / "resumed", *every_40, "--ckpt_path", str(mid_epoch))
+    _assert_same_training_state(
+        _checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt"),
+        _checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt"),
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [["--trainer.max_steps", "130"], ["--trainer.max_epochs", "1"]],
                          ids=["mid-epoch", "epoch end"])  # fmt: skip
 def test_resume_continues_the_random_draws_and_the_optimizer_state(tmp_path: Path, stop: list[str]) -> None:
