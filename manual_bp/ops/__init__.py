@@ -52,6 +52,7 @@ from manual_bp.ops.network import NETWORK_OPS
 from manual_bp.ops.norm import NORM_OPS
 from manual_bp.ops.padding import PADDING_OPS
 from manual_bp.ops.pooling import POOLING_OPS
+from manual_bp.ops.recurrent import RECURRENT_OPS
 from manual_bp.ops.shape import SHAPE_OPS
 
 __all__ = [
@@ -85,6 +86,7 @@ OPS: tuple[Op, ...] = (
     *NETWORK_OPS,
     *ARITHMETIC_OPS,
     *MATMUL_OPS,
+    *RECURRENT_OPS,
 )
 
 
