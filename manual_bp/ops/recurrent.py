@@ -72,43 +72,42 @@ _SIGMOID, _TANH = Sigmoid(), Tanh()
 class Cell:
     """The formulas of one recurrent cell: a step forward and its backward.
 
-    ``gates`` is the number of ``H``-blocks of the input projection (1, 4, 3); ``step`` takes
-    ``gx`` (the step's rows of ``X W_ihᵀ + b_ih``), the previous state and the recurrent weights, and
-    returns the new state and what its backward reads (a tuple of ``(b_t, ·)`` tensors, kept per
-    step). ``backward`` takes ``δh_t`` (and ``δc_t``) and returns ``δ`` of the input projection,
-    ``δ`` of the hidden projection ``h W_hhᵀ + b_hh`` (the same tensor except for the GRU), ``δh_{t−1}``
-    and ``δc_{t−1}``. Instances are hashable: they travel as a Function's non-tensor argument.
+    ``gates`` is the number of ``H``-blocks of the input projection (1, 4, 3). ``step`` takes
+    ``gx`` (the step's rows of the input projection ``X W_ihᵀ + b_ih``, plus ``b_hh`` where
+    ``fold_bias``), the previous state and the recurrent weights, and returns the new state and
+    what backward reads (a tuple of ``(b_t, ·)`` tensors, kept per step).
+
+    Backward runs in two parts. ``factors`` turns what the forward kept, for every step at once,
+    into the factors of the gate derivatives that do not depend on the error (``f′`` of each gate
+    times what it multiplies): a few large products instead of many small ones inside the loop.
+    ``backward`` is then one step of BPTT: from ``δh_t`` (and ``δc_t``) and the step's rows of the
+    factors it returns ``δ`` of the input projection, ``δ`` of the hidden projection
+    ``h W_hhᵀ + b_hh`` (the same tensor except for the GRU), ``δh_{t−1}`` and ``δc_{t−1}``.
+    Instances are hashable: they travel as a Function's non-tensor argument.
     """
 
     gates: ClassVar[int] = 1
     has_cell: ClassVar[bool] = False
+    fold_bias: ClassVar[bool] = True  # b_hh is added to gx once for all steps
 
     def step(
         self, gx: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None
     ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
         raise NotImplementedError
 
+    def factors(self, saved: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
     def backward(
-        self,
-        dh: Tensor,
-        dc: Tensor | None,
-        saved: Sequence[Tensor],
-        w_hh: Tensor,
-        w_hr: Tensor | None,
-        graph: bool,
+        self, dh: Tensor, dc: Tensor | None, factors: Sequence[Tensor], w_hh: Tensor, w_hr: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         raise NotImplementedError
 
 
-def _hidden(h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
-    """``h W_hhᵀ + b_hh``; (b, H_out) @ (H_out, G·H) -> (b, G·H)."""
-    return h.matmul(w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
-
-
 @dataclass(frozen=True)
 class ElmanCell(Cell):
-    r"""Elman's cell: :math:`h_t = f(x_t W_{ih}^\top + b_{ih} + h_{t-1} W_{hh}^\top + b_{hh})`,
-    ``f`` tanh or relu.
+    r"""Elman's cell: :math:`h_t = f(z_t)` with
+    :math:`z_t = x_t W_{ih}^\top + b_{ih} + b_{hh} + h_{t-1} W_{hh}^\top`, ``f`` tanh or relu.
 
     .. math::
         δz_t = δh_t ⊙ f′(z_t), \qquad δh_{t-1} = δz_t W_{hh}
@@ -117,13 +116,16 @@ class ElmanCell(Cell):
     act: Elementwise = _TANH
 
     def step(self, gx, h, c, w_hh, b_hh, w_hr):  # type: ignore[no-untyped-def]
-        h_new = self.act.f(gx + _hidden(h, w_hh, b_hh))  # h_t = f(z_t)
+        h_new = self.act.f(torch.addmm(gx, h, w_hh.t()))  # h_t = f(z_t); (b, H) @ (H, H) -> (b, H)
         return h_new, None, (h, h_new)
 
-    def backward(self, dh, dc, saved, w_hh, w_hr, graph):  # type: ignore[no-untyped-def]
-        _, h_new = saved
-        dz = self.act.backward(dh, h_new, graph)  # δz_t = δh_t ⊙ f′(z_t), f′ from h_t
-        return dz, dz, dz.matmul(w_hh), None  # BP2: δh_{t−1} = δz_t W_hh; (b, H) @ (H, H)
+    def factors(self, saved):  # type: ignore[no-untyped-def]
+        return (self.act.df(saved[1]),)  # f′(z_t), from h_t (tanh, relu)
+
+    def backward(self, dh, dc, factors, w_hh, w_hr):  # type: ignore[no-untyped-def]
+        (df,) = factors
+        dz = dh * df  # δz_t = δh_t ⊙ f′(z_t)
+        return dz, dz, dz.matmul(w_hh), None  # BP2: δh_{t−1} = δz_t W_hh; (b, H) @ (H, H) -> (b, H)
 
 
 @dataclass(frozen=True)
@@ -138,35 +140,44 @@ class LSTMCell(Cell):
     and backwards, with ``δc_t`` arriving from step ``t + 1``:
 
     .. math::
-        δm = δh_t W_{hr}, \quad δz_o = δm ⊙ \tanh c_t ⊙ σ′, \quad
-        δc = δc_t + δm ⊙ o ⊙ (1 - \tanh^2 c_t), \\
-        δz_i = δc ⊙ g ⊙ σ′, \quad δz_f = δc ⊙ c_{t-1} ⊙ σ′, \quad δz_g = δc ⊙ i ⊙ \tanh′, \quad
-        δc_{t-1} = δc ⊙ f, \quad δh_{t-1} = δz W_{hh}
+        δm = δh_t W_{hr}, \quad δc = δc_t + δm ⊙ o ⊙ \tanh′(c_t), \\
+        δz = (δc ⊙ g ⊙ σ′_i,\; δc ⊙ c_{t-1} ⊙ σ′_f,\; δc ⊙ i ⊙ \tanh′_g,\; δm ⊙ \tanh c_t ⊙ σ′_o),
+        \\ δh_{t-1} = δz W_{hh}, \quad δc_{t-1} = δc ⊙ f
+
+    The factors: ``(g σ′_i, c_{t−1} σ′_f, i tanh′_g, tanh(c_t) σ′_o)``, ``o tanh′(c_t)`` and ``f``.
     """
 
     gates: ClassVar[int] = 4
     has_cell: ClassVar[bool] = True
 
     def step(self, gx, h, c, w_hh, b_hh, w_hr):  # type: ignore[no-untyped-def]
-        z_i, z_f, z_g, z_o = (gx + _hidden(h, w_hh, b_hh)).chunk(4, 1)  # (b, 4H) -> 4 × (b, H)
-        i, f, g, o = _SIGMOID.f(z_i), _SIGMOID.f(z_f), _TANH.f(z_g), _SIGMOID.f(z_o)
-        c_new = f * c + i * g  # c_t = f ⊙ c_{t−1} + i ⊙ g
+        z = torch.addmm(gx, h, w_hh.t())  # z_t; (b, P) @ (P, 4H) -> (b, 4H)
+        size = z.shape[1] // 4
+        i_f = _SIGMOID.f(z[:, : 2 * size])  # i, f; (b, 2H)
+        g = _TANH.f(z[:, 2 * size : 3 * size])
+        o = _SIGMOID.f(z[:, 3 * size :])
+        c_new = torch.addcmul(i_f[:, size:] * c, i_f[:, :size], g)  # c_t = f ⊙ c_{t−1} + i ⊙ g
         tanh_c = _TANH.f(c_new)
         m = o * tanh_c  # m_t = o ⊙ tanh(c_t)
         h_new = m if w_hr is None else m.matmul(w_hr.t())  # h_t = m_t W_hrᵀ; (b, H) @ (H, P) -> (b, P)
-        saved = (h, c, torch.cat((i, f, g, o), 1), tanh_c)
+        saved = (h, c, i_f, g, o, tanh_c)
         return h_new, c_new, saved if w_hr is None else (*saved, m)
 
-    def backward(self, dh, dc, saved, w_hh, w_hr, graph):  # type: ignore[no-untyped-def]
-        _, c_prev, gates, tanh_c = saved[:4]
-        i, f, g, o = gates.chunk(4, 1)
+    def factors(self, saved):  # type: ignore[no-untyped-def]
+        _, c_prev, i_f, g, o, tanh_c = saved[:6]
+        size = g.shape[1]
+        i, f = i_f[:, :size], i_f[:, size:]
+        # (g σ′_i, c_{t−1} σ′_f, i tanh′_g, tanh(c_t) σ′_o); 4 × (Σ b_t, H) -> (Σ b_t, 4H)
+        into_z = torch.cat((g, c_prev, i, tanh_c), 1) * torch.cat(
+            (_SIGMOID.df(i_f), _TANH.df(g), _SIGMOID.df(o)), 1
+        )
+        return into_z, o * _TANH.df(tanh_c), f  # and o tanh′(c_t), f
+
+    def backward(self, dh, dc, factors, w_hh, w_hr):  # type: ignore[no-untyped-def]
+        into_z, into_c, f = factors
         dm = dh if w_hr is None else dh.matmul(w_hr)  # BP2 through the projection; (b, P) @ (P, H) -> (b, H)
-        dz_o = _SIGMOID.backward(dm * tanh_c, o, graph)  # δz_o = δm ⊙ tanh(c_t) ⊙ σ′
-        dc = dc + _TANH.backward(dm * o, tanh_c, graph)  # δc = δc_t + δm ⊙ o ⊙ tanh′(c_t)
-        dz_i = _SIGMOID.backward(dc * g, i, graph)  # δz_i = δc ⊙ g ⊙ σ′
-        dz_f = _SIGMOID.backward(dc * c_prev, f, graph)  # δz_f = δc ⊙ c_{t−1} ⊙ σ′
-        dz_g = _TANH.backward(dc * i, g, graph)  # δz_g = δc ⊙ i ⊙ tanh′
-        dz = torch.cat((dz_i, dz_f, dz_g, dz_o), 1)  # 4 × (b, H) -> (b, 4H)
+        dc = torch.addcmul(dc, dm, into_c)  # δc = δc_t + δm ⊙ o ⊙ tanh′(c_t)
+        dz = torch.cat((dc, dc, dc, dm), 1) * into_z  # δz_{i,f,g,o}; (b, 4H)
         # BP2: δh_{t−1} = δz W_hh, (b, 4H) @ (4H, P) -> (b, P); δc_{t−1} = δc ⊙ f
         return dz, dz, dz.matmul(w_hh), dc * f
 
@@ -182,35 +193,45 @@ class GRUCell(Cell):
     and backwards:
 
     .. math::
-        δz_n = δh_t ⊙ (1 - z) ⊙ \tanh′, \quad δz_z = δh_t ⊙ (h_{t-1} - n) ⊙ σ′, \quad
-        δz_r = δz_n ⊙ a_n ⊙ σ′, \\
+        δz_n = δh_t ⊙ (1 - z) ⊙ \tanh′_n, \quad δz_z = δh_t ⊙ (h_{t-1} - n) ⊙ σ′_z, \quad
+        δz_r = δz_n ⊙ a_n ⊙ σ′_r, \\
         δx = (δz_r, δz_z, δz_n), \quad δa = (δz_r, δz_z, δz_n ⊙ r), \quad
         δh_{t-1} = δh_t ⊙ z + δa W_{hh}
+
+    The factors: ``δx = (δh, δh, δh) ⊙ ((1 − z) tanh′_n a_n σ′_r, (h_{t−1} − n) σ′_z, (1 − z) tanh′_n)``,
+    ``δa = δx ⊙ (1, 1, r)``, and ``z``.
     """
 
     gates: ClassVar[int] = 3
+    fold_bias: ClassVar[bool] = False  # b_hn sits inside r ⊙ (h W_hnᵀ + b_hn)
 
     def step(self, gx, h, c, w_hh, b_hh, w_hr):  # type: ignore[no-untyped-def]
-        a = _hidden(h, w_hh, b_hh)  # (b, 3H)
+        # a = h W_hhᵀ + b_hh; (b, H) @ (H, 3H) -> (b, 3H)
+        a = h.matmul(w_hh.t()) if b_hh is None else torch.addmm(b_hh, h, w_hh.t())
         size = a.shape[1] // 3
         rz = _SIGMOID.f(gx[:, : 2 * size] + a[:, : 2 * size])  # r, z; (b, 2H)
-        r, z = rz[:, :size], rz[:, size:]
         a_n = a[:, 2 * size :]
-        n = _TANH.f(gx[:, 2 * size :] + r * a_n)  # n = tanh(x_n + r ⊙ a_n)
-        h_new = n + z * (h - n)  # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+        n = _TANH.f(torch.addcmul(gx[:, 2 * size :], rz[:, :size], a_n))  # n = tanh(x_n + r ⊙ a_n)
+        h_new = torch.addcmul(n, rz[:, size:], h - n)  # h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
         return h_new, None, (h, rz, n, a_n)
 
-    def backward(self, dh, dc, saved, w_hh, w_hr, graph):  # type: ignore[no-untyped-def]
+    def factors(self, saved):  # type: ignore[no-untyped-def]
         h_prev, rz, n, a_n = saved
         size = n.shape[1]
         r, z = rz[:, :size], rz[:, size:]
-        dz_n = _TANH.backward(dh * (1 - z), n, graph)  # δz_n = δh ⊙ (1 − z) ⊙ tanh′
-        d_rz = torch.cat((dz_n * a_n, dh * (h_prev - n)), 1)  # δr, δz; 2 × (b, H) -> (b, 2H)
-        dz_rz = _SIGMOID.backward(d_rz, rz, graph)  # δz_r, δz_z = (δr, δz) ⊙ σ′
-        dx = torch.cat((dz_rz, dz_n), 1)  # (b, 3H)
-        da = torch.cat((dz_rz, dz_n * r), 1)  # (b, 3H)
+        d_rz = _SIGMOID.df(rz)
+        into_n = (1 - z) * _TANH.df(n)  # ∂h_t/∂z_n = (1 − z) tanh′_n
+        # (∂h_t/∂z_r, ∂h_t/∂z_z, ∂h_t/∂z_n); 3 × (Σ b_t, H) -> (Σ b_t, 3H)
+        into_x = torch.cat((into_n * a_n * d_rz[:, :size], (h_prev - n) * d_rz[:, size:], into_n), 1)
+        into_a = torch.cat((into_x[:, : 2 * size], into_n * r), 1)  # the n block through r ⊙ a_n
+        return into_x, into_a, z
+
+    def backward(self, dh, dc, factors, w_hh, w_hr):  # type: ignore[no-untyped-def]
+        into_x, into_a, z = factors
+        dh3 = torch.cat((dh, dh, dh), 1)  # (b, 3H)
+        dx, da = dh3 * into_x, dh3 * into_a  # δ of x W_ihᵀ + b_ih and of a = h W_hhᵀ + b_hh
         # BP2: δh_{t−1} = δh_t ⊙ z + δa W_hh; (b, 3H) @ (3H, H) -> (b, H)
-        return dx, da, dh * z + da.matmul(w_hh), None
+        return dx, da, torch.addmm(dh * z, da, w_hh), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +265,8 @@ def _recur(
     w_hr: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, ...]]:
     """FF over time: ``(output, h_n, c_n, saved)``, every per-step tensor in packed row order."""
+    if cell.fold_bias and b_hh is not None:
+        gx, b_hh = gx + b_hh, None  # x_t W_ihᵀ + b_ih + b_hh, for every step at once
     h, c = h0, c0
     outputs: list[Tensor] = []
     saved: list[tuple[Tensor, ...]] = []
@@ -262,15 +285,17 @@ def _recur(
 
 
 def _bptt(
-    ctx: Any, grad_output: Tensor, grad_h: Tensor | None, grad_c: Tensor | None
+    ctx: Any, grad_output: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None
 ) -> tuple[Tensor | None, ...]:
     """BPTT for one layer and direction: the gradients of ``(gx, h0, c0, w_hh, b_hh, w_hr)``."""
     cell: Cell = ctx.cell
     gx, h0, c0, w_hh, b_hh, w_hr, *saved = ctx.saved_tensors
     needs = ctx.needs_input_grad[3:]
-    graph = torch.is_grad_enabled()
-    if graph:  # double backward: the gates as functions of the inputs (the saved ones are constants)
+    if (
+        torch.is_grad_enabled()
+    ):  # double backward: the gates as functions of the inputs (the saved ones are constants)
         *_, saved = _recur(cell, ctx.batch_sizes, ctx.reverse, gx, h0, c0, w_hh, b_hh, w_hr)
+    factors = cell.factors(saved)  # what the gate derivatives multiply δ by, for every step
     dh = torch.zeros_like(h0) if grad_h is None else grad_h  # δh_n: what comes from h_n
     dc = None
     if cell.has_cell:
@@ -280,9 +305,11 @@ def _bptt(
     d_h: list[Tensor] = []  # δh_t, for the projection's BP3
     for offset, b in reversed(_steps(ctx.batch_sizes, ctx.reverse)):  # backwards in time
         rows = slice(offset, offset + b)
-        dh_t = dh[:b] + grad_output[rows]  # δh_t: from step t + 1 and from the output at t
+        dh_t = dh[:b]  # δh_t: from step t + 1, and from the output at t
+        if grad_output is not None:
+            dh_t = dh_t + grad_output[rows]
         dx, da, dh_prev, dc_prev = cell.backward(
-            dh_t, None if dc is None else dc[:b], [s[rows] for s in saved], w_hh, w_hr, graph
+            dh_t, None if dc is None else dc[:b], [f[rows] for f in factors], w_hh, w_hr
         )
         d_x.append(dx)
         d_a.append(da)
@@ -345,9 +372,12 @@ class _LayerFunction(ManualFunction):
         ctx.mark_non_differentiable(*saved)
         ctx.save_for_backward(gx, h0, c0, w_hh, b_hh, w_hr, *saved)
         ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
+        ctx.set_materialize_grads(False)  # no zeros for the saved gates' gradients (never used)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, grad_h: Tensor, *grads: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_output: Tensor | None, grad_h: Tensor | None, *grads: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         grad_c = grads[0] if ctx.cell.has_cell else None
         return (None, None, None, *_bptt(ctx, grad_output, grad_h, grad_c))
 
