@@ -1,4 +1,5 @@
-"""Three real architectures written from ``torch.nn`` pieces only: a ResNet, a ViT and a BERT-like encoder.
+"""Real architectures written from ``torch.nn`` pieces only: a ResNet, a ViT, a BERT-like encoder and
+an LSTM language model.
 
 Used by ``scripts/bench.py --models`` (a training step of the converted model against the native
 one) and by ``tests/test_models.py`` (coverage, gradients and revert after ``manual_bp.convert``),
@@ -21,9 +22,12 @@ __all__ = [
     "Bert",
     "ResNet",
     "SelfAttention",
+    "LSTMLanguageModel",
     "ViT",
+    "lstm_lm",
     "resnet18",
     "tiny_bert",
+    "tiny_lstm_lm",
     "tiny_resnet",
     "tiny_vit",
     "vit_small",
@@ -282,3 +286,36 @@ class Bert(nn.Module):
 def tiny_bert(num_classes: int = 3, dropout: float = 0.1) -> Bert:
     """For tests: vocabulary 20, 8 positions, dim 8, 2 layers of 2 heads, MLP 16."""
     return Bert(20, 8, 2, dim=8, depth=2, heads=2, mlp_dim=16, num_classes=num_classes, dropout=dropout)
+
+
+# ----------------------------------------------------------------------------- LSTM language model
+class LSTMLanguageModel(nn.Module):
+    """A word-level LSTM language model (Zaremba et al.'s PTB model, smaller): embedding, a stacked
+    LSTM with dropout between layers, and a linear decoder predicting the next token at every step.
+    Takes token ids ``(N, T)`` (batch first) and returns logits ``(N·T, vocab)`` for
+    ``nn.CrossEntropyLoss`` against the next tokens flattened to ``(N·T,)``."""
+
+    takes_tokens = True  # scripts/bench.py feeds token ids and one target per token
+
+    def __init__(
+        self, vocab_size: int = 1000, dim: int = 256, hidden: int = 256, layers: int = 2, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.lstm = nn.LSTM(dim, hidden, num_layers=layers, dropout=dropout, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        output, _ = self.lstm(self.drop(self.embed(tokens)))
+        return self.decoder(self.drop(output)).flatten(0, 1)
+
+
+def lstm_lm(num_classes: int = 1000) -> LSTMLanguageModel:
+    """Vocabulary ``num_classes``, embedding and hidden size 256, 2 layers."""
+    return LSTMLanguageModel(num_classes)
+
+
+def tiny_lstm_lm(num_classes: int = 20) -> LSTMLanguageModel:
+    """For tests: vocabulary 20, size 8, 2 layers."""
+    return LSTMLanguageModel(num_classes, dim=8, hidden=8)
