@@ -4,7 +4,7 @@
 custom modules, the model itself included) and turns every layer of the op registry
 (:data:`manual_bp.ops.MODULE_TWINS`: ``Linear`` and its subclasses such as the ``out_proj`` of
 ``nn.MultiheadAttention``, convolutions, pooling, padding, norms, ``Embedding``, dropout, softmax,
-``Flatten``, activations and losses) into its manual twin from :mod:`manual_bp.modules`.
+``Flatten``, recurrent layers, activations and losses) into its manual twin from :mod:`manual_bp.modules`.
 :func:`revert` is its exact inverse.
 
 How: each manual class subclasses its ``torch.nn`` counterpart and adds nothing but ``forward``
@@ -18,7 +18,7 @@ class, so ``isinstance`` checks and extra methods keep working; a subclass that 
 ``forward`` stays native (its ``forward`` is not ``Linear``'s any more).
 
 What cannot be converted is reported by :func:`conversion_report`: modules of other kinds
-(``nn.MultiheadAttention``, ``nn.LSTM``, ...) stay native and compose with manual ones through autograd;
+(``nn.MultiheadAttention``, ``nn.Bilinear``, ...) stay native and compose with manual ones through autograd;
 activations stored as *functions* (``nn.TransformerEncoderLayer(activation="gelu")`` keeps
 ``F.gelu``) or called inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) are not modules and
 cannot be swapped.

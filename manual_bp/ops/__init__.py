@@ -13,6 +13,7 @@ backward, the native reference, the sample inputs of its checks, the ``torch.nn`
 * :mod:`~manual_bp.ops.embedding`, :mod:`~manual_bp.ops.dropout`, :mod:`~manual_bp.ops.shape`
   (softmax, log-softmax, flatten, unflatten);
 * :mod:`~manual_bp.ops.losses` — ``half_squared_error``, ``cross_entropy`` and torch's other losses;
+* :mod:`~manual_bp.ops.recurrent` — ``rnn_tanh``, ``rnn_relu``, ``lstm``, ``gru`` (BPTT);
 * :mod:`~manual_bp.ops.network` — the seed's whole network as one Function (``mlp``, ``mlp_loss``)
   and the one implementation of its FF/BP1/BP2/BP3 loop.
 
