@@ -170,6 +170,31 @@ def test_state_dict_and_parameters_are_native(cls: type[nn.Module], options: dic
     assert repr(manual) == repr(native)
 
 
+@pytest.mark.parametrize("cls", [nn.RNN, nn.GRU])
+def test_autocast_gives_natives_dtypes(cls: type[nn.Module]) -> None:
+    """Under CPU bfloat16 autocast the products run in bfloat16 as native's linears do: the RNN's
+    state is bfloat16, the GRU's float32 (its h_{t−1} − n mixes in the float32 state), and the
+    gradients come back in the parameters' float32. (Native's LSTM fails under CPU autocast.)"""
+    native = cls(5, 4, num_layers=2, bidirectional=True)
+    manual = _twin(native)
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    results = []
+    for module in (native, manual):
+        module.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, h_n = module(x)
+        (output.float().sum() + h_n.float().sum()).backward()
+        results.append((output, h_n, [p.grad for p in module.parameters()]))
+    (out, h, grads), (want_out, want_h, want_grads) = results[1], results[0]
+    assert (out.dtype, h.dtype) == (want_out.dtype, want_h.dtype)
+    # both round the gates to bfloat16 after each op, not always after the same ones: a few
+    # bfloat16 eps (2^-8) over six steps
+    torch.testing.assert_close(out.float(), want_out.float(), rtol=0.05, atol=0.05)
+    for g, w in zip(grads, want_grads, strict=True):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0.05, atol=0.1)
+
+
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 def test_module_docstring_example_runs(name: str) -> None:
     """Each module's doctest (its class lives in manual_bp.modules, where pytest's doctest finder
