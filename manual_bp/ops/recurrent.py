@@ -104,10 +104,11 @@ class Cell:
         raise NotImplementedError
 
 
-def _times(delta: Tensor, weight: Tensor) -> Tensor:
-    """``δ W`` with ``W`` in ``δ``'s dtype: under autocast the weights are lower-precision casts
-    and ``δ`` may be float32 (an error that went through a float32 state)."""
-    return delta.matmul(weight.to(delta.dtype))
+def _times(delta: Tensor, other: Tensor) -> Tensor:
+    """``δ @ other`` with ``other`` (a weight, or saved states) in ``δ``'s dtype: under autocast the
+    weights are lower-precision casts while ``δ`` may be float32 (an error that went through a
+    float32 state)."""
+    return delta.matmul(other.to(delta.dtype))
 
 
 @dataclass(frozen=True)
@@ -297,9 +298,8 @@ def _bptt(
     cell: Cell = ctx.cell
     gx, h0, c0, w_hh, b_hh, w_hr, *saved = ctx.saved_tensors
     needs = ctx.needs_input_grad[3:]
-    if (
-        torch.is_grad_enabled()
-    ):  # double backward: the gates as functions of the inputs (the saved ones are constants)
+    # double backward: the gates as functions of the inputs (the saved ones are constants)
+    if torch.is_grad_enabled():
         *_, saved = _recur(cell, ctx.batch_sizes, ctx.reverse, gx, h0, c0, w_hh, b_hh, w_hr)
     factors = cell.factors(saved)  # what the gate derivatives multiply δ by, for every step
     dh = torch.zeros_like(h0) if grad_h is None else grad_h  # δh_n: what comes from h_n
@@ -331,7 +331,8 @@ def _bptt(
     grad_gx = torch.cat(d_x) if needs[0] else None  # δ of X W_ihᵀ + b_ih: the linear layer's δ
     grad_w_hh = grad_b_hh = grad_w_hr = None
     if needs[3] or (b_hh is not None and needs[4]):
-        delta = torch.cat(d_a) if d_a is not d_x else grad_gx  # (Σ b_t, G·H)
+        same = grad_gx is not None and d_a[0] is d_x[0]  # δa = δx but for the GRU
+        delta = grad_gx if same else torch.cat(d_a)  # (Σ b_t, G·H)
         if needs[3]:
             # BP3: ∂c/∂W_hh = Σ_t δa_tᵀ h_{t−1}; (G·H, Σ b_t) @ (Σ b_t, H_out) -> (G·H, H_out)
             grad_w_hh = _times(delta.t(), saved[0])
