@@ -661,7 +661,8 @@ def bench_models(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str,
     """:func:`model_step_times` of each model in ``--procs`` fresh processes, pooled as
     :func:`run_config` pools; prints a line per model."""
     print(
-        f"training step of real models, manual_bp.convert vs native (target <= {MODELS_LIMIT:.2f}x); "
+        f"training step of real models, manual_bp.convert vs native (target <= {MODELS_LIMIT:.2f}x, "
+        f"{', '.join(f'{name} {limit:.2f}x' for name, limit in LIMITS.items())}); "
         "explicit backward's share of parameter elements and of graph nodes:"
     )
     rows = []
