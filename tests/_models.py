@@ -1,5 +1,5 @@
-"""The test models: scripts/_bench_models.py's ResNet, ViT and BERT (written once, there), with
-tiny constructors, their inputs and their loss for the tests."""
+"""The test models: scripts/_bench_models.py's ResNet, ViT, BERT and LSTM language model (written
+once, there), with tiny constructors, their inputs and their loss for the tests."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ if _SCRIPTS not in sys.path:
 from _bench_models import (  # noqa: E402 (after the path set-up)
     BasicBlock,
     Bert,
+    LSTMLanguageModel,
     ResNet,
     SelfAttention,
     ViT,
     resnet18,
     tiny_bert,
+    tiny_lstm_lm,
     tiny_resnet,
     tiny_vit,
     vit_small,
@@ -26,11 +28,13 @@ from _bench_models import (  # noqa: E402 (after the path set-up)
 __all__ = [
     "BasicBlock",
     "Bert",
+    "LSTMLanguageModel",
     "ResNet",
     "SelfAttention",
     "ViT",
     "resnet18",
     "tiny_bert",
+    "tiny_lstm_lm",
     "tiny_resnet",
     "tiny_vit",
     "vit_small",

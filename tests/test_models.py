@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import tiny_bert, tiny_resnet, tiny_vit
+from _models import tiny_bert, tiny_lstm_lm, tiny_resnet, tiny_vit
 from torch import Tensor, nn
 from torch.testing import assert_close
 
@@ -49,6 +49,8 @@ CASES = {
         tiny_vit, lambda dtype: (torch.randn(3, 3, 8, 8, dtype=dtype),), 5, 3, ("cls_token", "pos_embed")
     ),
     "bert": Case(tiny_bert, _bert_inputs, 3, 3, ()),
+    # token ids (2, 5) -> logits (2·5, 20): a target per token
+    "lstm_lm": Case(tiny_lstm_lm, lambda dtype: (torch.randint(0, 20, (2, 5)),), 20, 10, ()),
 }
 
 
@@ -137,6 +139,7 @@ def test_bench_models_section(tmp_path: Path) -> None:
         ("resnet18", "tiny_resnet"),
         ("resnet18_64", "tiny_resnet"),
         ("vit", "tiny_vit"),
+        ("lstm_lm", "tiny_lstm_lm"),
     ]
     for row in rows:
         assert row["ratio"] > 0 and set(row["seconds"]) == {"native", "manual"}
