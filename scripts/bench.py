@@ -7,7 +7,8 @@ Run (the docs' performance page, docs/performance.md, renders this command's JSO
     python scripts/bench.py --full                  # every batch x width x depth x activation
     python scripts/bench.py --config 64x128x2:sigmoid  # one configuration (repeatable)
     python scripts/bench.py --device cuda --dtype bfloat16
-    python scripts/bench.py --models                # only: converted ResNet-18 and ViT vs native
+    python scripts/bench.py --models                # only: converted ResNet-18, ViT, ... vs native
+    OMP_NUM_THREADS=1 python scripts/bench.py --models --model lstm_lm  # one of them
 
 A step is: zero grads, forward, half squared error c = ½‖y − t‖² averaged over samples, backward,
 plain SGD update. Paths, timed interleaved (each repetition times every path once, in turn) and
@@ -718,8 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         action="store_true",
-        help="only the real-model section: a training step of the converted ResNet-18 and ViT against "
-        "native (with --quick: tiny versions)",
+        help="only the real-model section: a training step of the converted ResNet-18, ViT and LSTM "
+        "language model against native (with --quick: tiny versions)",
     )
     parser.add_argument(
         "--model",
