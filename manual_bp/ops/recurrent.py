@@ -76,7 +76,8 @@ class Cell:
     ``gates`` is the number of ``H``-blocks of the input projection (1, 4, 3). ``step`` takes
     ``gx`` (the step's rows of the input projection ``X W_ihᵀ + b_ih``, plus ``b_hh`` where
     ``fold_bias``), the previous state and the recurrent weights, and returns the new state and
-    what backward reads (a tuple of ``(b_t, ·)`` tensors, kept per step).
+    what backward reads (a tuple of ``(b_t, ·)`` tensors, kept per step): first ``h_{t−1}``, which
+    BP3 of ``W_hh`` reads, and last, with a projection, ``m_t``, which BP3 of ``W_hr`` reads.
 
     Backward runs in two parts. ``factors`` turns what the forward kept, for every step at once,
     into the factors of the gate derivatives that do not depend on the error (``f′`` of each gate
