@@ -324,9 +324,14 @@ def test_module_rejects_a_4d_input() -> None:
 
 
 def test_module_rejects_states_of_the_wrong_rank() -> None:
-    with pytest.raises(RuntimeError, match="For batched 3-D input, hx should also be 3-D"):
+    with pytest.raises(
+        RuntimeError, match="^For batched 3-D input, hx should also be 3-D but got 2-D tensor$"
+    ):
         manual_bp.GRU(5, 4)(torch.randn(6, 3, 5), torch.randn(3, 4))
-    with pytest.raises(RuntimeError, match="For unbatched 2-D input, hx and cx should also be 2-D"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^For unbatched 2-D input, hx and cx should also be 2-D but got \(3-D, 3-D\) tensors$",
+    ):
         manual_bp.LSTM(5, 4)(torch.randn(6, 5), (torch.randn(1, 3, 4), torch.randn(1, 3, 4)))
 
 

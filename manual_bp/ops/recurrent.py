@@ -645,7 +645,9 @@ def _module_forward(module: nn.RNNBase, mode: str, input: Any, hx: Any) -> tuple
             dims = ", ".join(f"{s.dim()}-D" if isinstance(s, Tensor) else type(s).__name__ for s in states)
             kind = "batched 3-D" if is_batched else "unbatched 2-D"
             raise RuntimeError(
-                f"For {kind} input, hx{' and cx' if is_lstm else ''} should also be {want}-D but got ({dims})"
+                f"For {kind} input, hx and cx should also be {want}-D but got ({dims}) tensors"
+                if is_lstm
+                else f"For {kind} input, hx should also be {want}-D but got {dims} tensor"
             )
         if not is_batched:
             hx = tuple(s.unsqueeze(1) for s in states) if is_lstm else hx.unsqueeze(1)
