@@ -62,6 +62,7 @@ def _leaf(*shape: int) -> Tensor:
 OPTIONS: list[tuple[type[nn.Module], dict[str, Any]]] = [
     (nn.RNN, {}),
     (nn.RNN, {"nonlinearity": "relu"}),
+    (nn.RNN, {"nonlinearity": "relu", "bias": False, "num_layers": 2}),
     (nn.RNN, {"num_layers": 3, "dropout": 0.4}),
     (nn.RNN, {"bidirectional": True, "batch_first": True}),
     (nn.LSTM, {}),
