@@ -455,3 +455,32 @@ def test_einsum_compiles_with_the_equation_as_a_constant() -> None:
     torch._dynamo.reset()
     compiled = torch.compile(lambda a, b: MF.einsum("ij,jk->ik", a, b), fullgraph=True)
     torch.testing.assert_close(compiled(a, b), a @ b)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        (MF.add, torch.add, (2, 3), (3,)),
+        (MF.mul, torch.mul, (2, 3), (3,)),
+        (MF.exp, torch.exp, (2, 3)),
+        (MF.mean, torch.mean, (2, 3)),
+        (MF.matmul, torch.matmul, (2, 3), (3, 4)),
+        (MF.addmm, torch.addmm, (4,), (2, 3), (3, 4)),
+    ],
+    ids=lambda c: c[1].__name__,
+)
+def test_calls_without_gradient_are_the_native_op(call: tuple[Any, ...]) -> None:
+    """Where nothing requires a gradient (no_grad, or plain tensors) no node is made: the native op
+    is the whole call."""
+    manual, native, *shapes = call
+    args = [torch.randn(s) for s in shapes]
+    out = manual(*args)
+    assert out.grad_fn is None and torch.equal(out, native(*args))
+    with torch.no_grad():
+        out = manual(*(a.requires_grad_() for a in args))
+    assert out.grad_fn is None and torch.equal(out, native(*args))
+
+
+def test_einsum_diagonal_without_gradient_is_native() -> None:
+    a = torch.randn(3, 3)
+    assert torch.equal(MF.einsum("ii->i", a), torch.einsum("ii->i", a))

@@ -54,6 +54,7 @@ __all__ = [
     "mean",
     "mul",
     "pow",
+    "recording",
     "rsqrt",
     "sqrt",
     "sub",
@@ -74,9 +75,24 @@ def sum_to(grad: Tensor, shape: Sequence[int]) -> Tensor:
     if grad.shape == shape:
         return grad  # not broadcast: the common case, nothing to sum
     lead = grad.dim() - len(shape)
-    dims = [*range(lead), *(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)]
-    # (*lead, …, n_i, …) -> (…, 1, …): Σ over the broadcast dims, then the leading ones dropped
-    return (grad.sum(dims, keepdim=True) if dims else grad).reshape(shape)
+    ones = [lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1]
+    if ones:
+        grad = grad.sum(ones, keepdim=True)  # (…, n_i, …) -> (…, 1, …)
+    if lead == grad.dim():
+        return grad.sum()  # (*lead) -> (): a 0-d operand
+    # (*lead, …) -> (…); a single dim: the bias of a batch (N, D) -> (D,), the quickest sum
+    return grad.sum(0) if lead == 1 else grad.sum(tuple(range(lead))) if lead else grad
+
+
+def recording(*operands: Any) -> bool:
+    """Whether autograd records a call on ``operands``: grad mode is on and one of them requires grad.
+    Where not, the native op is the whole call (there is nothing to differentiate), and skipping the
+    Function saves its cost (a no-grad forward, masks and position ids computed in a model)."""
+    if torch.is_grad_enabled():
+        for x in operands:
+            if isinstance(x, Tensor) and x.requires_grad:
+                return True
+    return False
 
 
 def _real(grad_output: Tensor, name: str) -> None:
@@ -291,19 +307,25 @@ def add(input: Scalar, other: Scalar, *, alpha: Number = 1) -> Tensor:
     >>> add(torch.randn(2, 3, requires_grad=True), torch.randn(3)).grad_fn.name()
     'AddFunctionBackward'
     """
-    return AddFunction.apply(input, other, alpha)
+    if recording(input, other):
+        return AddFunction.apply(input, other, alpha)
+    return torch.add(input, other, alpha=alpha)
 
 
 def sub(input: Scalar, other: Scalar, *, alpha: Number = 1) -> Tensor:
     """``input - alpha * other`` (broadcast) with the explicit backward of :class:`SubFunction`
     (operands as in :func:`add`)."""
-    return SubFunction.apply(input, other, alpha)
+    if recording(input, other):
+        return SubFunction.apply(input, other, alpha)
+    return torch.sub(input, other, alpha=alpha)
 
 
 def mul(input: Scalar, other: Scalar) -> Tensor:
     """``input * other`` (broadcast) with the explicit backward of :class:`MulFunction` (operands
     as in :func:`add`)."""
-    return MulFunction.apply(input, other)
+    if recording(input, other):
+        return MulFunction.apply(input, other)
+    return torch.mul(input, other)
 
 
 def div(input: Scalar, other: Scalar, *, rounding_mode: str | None = None) -> Tensor:
@@ -314,14 +336,14 @@ def div(input: Scalar, other: Scalar, *, rounding_mode: str | None = None) -> Te
     computed natively where no operand requires a gradient (integer index arithmetic) and refused
     with a ``ValueError`` where one does.
     """
+    if not recording(input, other):
+        return torch.div(input, other, rounding_mode=rounding_mode)
     if rounding_mode is None:
         return DivFunction.apply(input, other)
-    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in (input, other)):
-        raise ValueError(
-            f"div with rounding_mode={rounding_mode!r} has no gradient (its result is piecewise constant), "
-            "but an operand requires one: use rounding_mode=None, or detach the operands"
-        )
-    return torch.div(input, other, rounding_mode=rounding_mode)
+    raise ValueError(
+        f"div with rounding_mode={rounding_mode!r} has no gradient (its result is piecewise constant), "
+        "but an operand requires one: use rounding_mode=None, or detach the operands"
+    )
 
 
 def pow(input: Scalar, exponent: Scalar) -> Tensor:
@@ -331,7 +353,9 @@ def pow(input: Scalar, exponent: Scalar) -> Tensor:
     (``pow(2, x)``); keep tensors that get a gradient away from where it is singular (``x = 0`` for
     an exponent below 1, ``x ≤ 0`` for a tensor exponent).
     """
-    return PowFunction.apply(input, exponent)
+    if recording(input, exponent):
+        return PowFunction.apply(input, exponent)
+    return torch.pow(input, exponent)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -414,22 +438,22 @@ class SqrtFunction(ManualFunction):
 def rsqrt(input: Tensor) -> Tensor:
     """``1 / sqrt(input)`` with the explicit backward of :class:`RsqrtFunction` (as ``torch.rsqrt``:
     an integer input gives a float result)."""
-    return RsqrtFunction.apply(input)
+    return RsqrtFunction.apply(input) if recording(input) else torch.rsqrt(input)
 
 
 def exp(input: Tensor) -> Tensor:
     """``e ** input`` with the explicit backward of :class:`ExpFunction` (as ``torch.exp``)."""
-    return ExpFunction.apply(input)
+    return ExpFunction.apply(input) if recording(input) else torch.exp(input)
 
 
 def log(input: Tensor) -> Tensor:
     """The natural logarithm with the explicit backward of :class:`LogFunction` (as ``torch.log``)."""
-    return LogFunction.apply(input)
+    return LogFunction.apply(input) if recording(input) else torch.log(input)
 
 
 def sqrt(input: Tensor) -> Tensor:
     """The square root with the explicit backward of :class:`SqrtFunction` (as ``torch.sqrt``)."""
-    return SqrtFunction.apply(input)
+    return SqrtFunction.apply(input) if recording(input) else torch.sqrt(input)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,7 +539,9 @@ def sum(
     >>> sum(torch.randn(2, 3, requires_grad=True), 1).grad_fn.name()
     'SumFunctionBackward'
     """
-    return SumFunction.apply(input, dim, keepdim, dtype)
+    if recording(input):
+        return SumFunction.apply(input, dim, keepdim, dtype)
+    return torch.sum(input, dim, keepdim, dtype=dtype)
 
 
 def mean(
@@ -523,7 +549,9 @@ def mean(
 ) -> Tensor:
     """The mean over ``dim`` (every dim for ``None``) with the explicit backward of
     :class:`MeanFunction` (as ``torch.mean``: a floating input, or a floating ``dtype``)."""
-    return MeanFunction.apply(input, dim, keepdim, dtype)
+    if recording(input):
+        return MeanFunction.apply(input, dim, keepdim, dtype)
+    return torch.mean(input, dim, keepdim, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from manual_bp._function import ManualFunction
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
-from manual_bp.ops.arithmetic import _real, sum_to
+from manual_bp.ops.arithmetic import _real, recording, sum_to
 
 __all__ = [
     "MATMUL_OPS",
@@ -227,13 +227,13 @@ def mm(input: Tensor, mat2: Tensor) -> Tensor:
     >>> mm(torch.randn(2, 3, requires_grad=True), torch.randn(3, 4)).grad_fn.name()
     'MmFunctionBackward'
     """
-    return MmFunction.apply(input, mat2)
+    return MmFunction.apply(input, mat2) if recording(input, mat2) else torch.mm(input, mat2)
 
 
 def bmm(input: Tensor, mat2: Tensor) -> Tensor:
     """``input @ mat2`` for batches ``(b, n, k) @ (b, k, m)`` with the explicit backward of
     :class:`BmmFunction`."""
-    return BmmFunction.apply(input, mat2)
+    return BmmFunction.apply(input, mat2) if recording(input, mat2) else torch.bmm(input, mat2)
 
 
 def matmul(input: Tensor, other: Tensor) -> Tensor:
@@ -244,19 +244,23 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
     >>> matmul(torch.randn(5, 2, 3, requires_grad=True), torch.randn(3, 4)).shape
     torch.Size([5, 2, 4])
     """
-    return MatmulFunction.apply(input, other)
+    return MatmulFunction.apply(input, other) if recording(input, other) else torch.matmul(input, other)
 
 
 def addmm(input: Tensor, mat1: Tensor, mat2: Tensor, *, beta: Number = 1, alpha: Number = 1) -> Tensor:
     """``beta * input + alpha * (mat1 @ mat2)`` with the explicit backward of :class:`AddmmFunction`
     (``input`` broadcasts to ``(n, m)``: GPT-2's ``Conv1D`` is ``addmm(bias, x, weight)``)."""
-    return AddmmFunction.apply(input, mat1, mat2, beta, alpha)
+    if recording(input, mat1, mat2):
+        return AddmmFunction.apply(input, mat1, mat2, beta, alpha)
+    return torch.addmm(input, mat1, mat2, beta=beta, alpha=alpha)
 
 
 def baddbmm(input: Tensor, batch1: Tensor, batch2: Tensor, *, beta: Number = 1, alpha: Number = 1) -> Tensor:
     """``beta * input + alpha * (batch1 @ batch2)`` for batches with the explicit backward of
     :class:`BaddbmmFunction` (``input`` broadcasts to ``(b, n, m)``)."""
-    return BaddbmmFunction.apply(input, batch1, batch2, beta, alpha)
+    if recording(input, batch1, batch2):
+        return BaddbmmFunction.apply(input, batch1, batch2, beta, alpha)
+    return torch.baddbmm(input, batch1, batch2, beta=beta, alpha=alpha)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -414,6 +418,8 @@ def einsum(equation: str, *operands: Any) -> Tensor:
         equation, operands = _sublists_to_equation((equation, *operands))
     elif len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
+    if not recording(*operands):
+        return torch.einsum(equation, *operands)
     try:
         spec = _spec(equation, tuple(x.dim() for x in operands))
     except AttributeError:  # not tensors: torch's own error
