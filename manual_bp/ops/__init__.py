@@ -15,7 +15,12 @@ backward, the native reference, the sample inputs of its checks, the ``torch.nn`
 * :mod:`~manual_bp.ops.losses` — ``half_squared_error``, ``cross_entropy`` and torch's other losses;
 * :mod:`~manual_bp.ops.recurrent` — ``rnn_tanh``, ``rnn_relu``, ``lstm``, ``gru`` (BPTT);
 * :mod:`~manual_bp.ops.network` — the seed's whole network as one Function (``mlp``, ``mlp_loss``)
-  and the one implementation of its FF/BP1/BP2/BP3 loop.
+  and the one implementation of its FF/BP1/BP2/BP3 loop;
+* :mod:`~manual_bp.ops.arithmetic` — ``add``, ``sub``, ``mul``, ``div``, ``pow``, ``rsqrt``, ``exp``,
+  ``log``, ``sqrt``, ``mean``, ``sum`` (broadcast operands' gradients through one ``sum_to``);
+* :mod:`~manual_bp.ops.matmul` — ``matmul``, ``mm``, ``bmm``, ``addmm``, ``baddbmm``, ``einsum``.
+  These two families have no ``torch.nn`` module: ``convert(model, functional=True)`` routes torch's
+  calls to them.
 
 :data:`OPS` is the list the rest of manual_bp iterates over: :mod:`manual_bp.functional` and
 :mod:`manual_bp.modules` export its functions, Functions and modules, :func:`manual_bp.convert`
