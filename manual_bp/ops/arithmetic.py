@@ -18,7 +18,7 @@ number gives a float result, ``dtype=`` of the reductions), its output dtypes, i
 its error messages for arguments it rejects are torch's own. A gradient for an operand of another
 dtype (a float32 ``x`` times a float64 ``o``) is computed in the output's dtype and cast back by
 autograd, as native's is. Complex tensors are not supported (their gradients need conjugates):
-their backward raises.
+a call autograd records on them raises a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -95,12 +95,11 @@ def recording(*operands: Any) -> bool:
     return False
 
 
-def _real(grad_output: Tensor, name: str) -> None:
-    """Refuse a complex backward (its gradients need conjugates, which these formulas leave out)."""
-    if grad_output.is_complex():
-        raise TypeError(
-            f"manual_bp's {name} supports real dtypes only, got a gradient of {grad_output.dtype}"
-        )
+def _real(output: Tensor, name: str) -> None:
+    """Refuse a complex result that autograd records (its gradients need conjugates, which these
+    formulas leave out): a ``TypeError`` before any node is made."""
+    if output.is_complex():
+        raise TypeError(f"manual_bp's {name} supports real dtypes only, got a result of {output.dtype}")
 
 
 def _save(ctx: Any, input: Any, other: Any, keep_input: bool, keep_other: bool) -> None:
@@ -190,6 +189,7 @@ class MulFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "mul")
         input, other = inputs
         needs = ctx.needs_input_grad
         _save(ctx, input, other, keep_input=needs[1], keep_other=needs[0])  # each for the other's grad
@@ -197,7 +197,6 @@ class MulFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "mul")
         input, other = _saved(ctx)
         needs, (input_shape, other_shape) = ctx.needs_input_grad, ctx.shapes
         grad_input = grad_other = None
@@ -218,6 +217,7 @@ class DivFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "div")
         input, other = inputs
         needs = ctx.needs_input_grad
         _save(ctx, output, other, keep_input=needs[1], keep_other=needs[0] or needs[1])  # y and o
@@ -225,7 +225,6 @@ class DivFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "div")
         output, other = _saved(ctx)
         needs, (input_shape, other_shape) = ctx.needs_input_grad, ctx.shapes
         grad_input = grad_other = None
@@ -256,6 +255,7 @@ class PowFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "pow")
         input, exponent = inputs
         needs = ctx.needs_input_grad
         input_t, exponent_t = isinstance(input, Tensor), isinstance(exponent, Tensor)
@@ -269,7 +269,6 @@ class PowFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "pow")
         input, exponent, output = ctx.saved_tensors
         a, b = ctx.numbers
         x = a if input is None else input
@@ -372,11 +371,11 @@ class RsqrtFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "rsqrt")
         ctx.save_for_backward(output)  # f′ = −y³/2
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        _real(grad_output, "rsqrt")
         (output,) = ctx.saved_tensors
         return -0.5 * grad_output * output.pow(3)  # BP2: δ ⊙ (−y³/2)
 
@@ -390,11 +389,11 @@ class ExpFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "exp")
         ctx.save_for_backward(output)  # f′ = y
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        _real(grad_output, "exp")
         (output,) = ctx.saved_tensors
         return grad_output * output  # BP2: δ ⊙ y
 
@@ -408,11 +407,11 @@ class LogFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "log")
         ctx.save_for_backward(inputs[0])  # f′ = 1/x
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        _real(grad_output, "log")
         (input,) = ctx.saved_tensors
         return grad_output / input  # BP2: δ / x
 
@@ -426,11 +425,11 @@ class SqrtFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "sqrt")
         ctx.save_for_backward(output)  # f′ = 1/(2y)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        _real(grad_output, "sqrt")
         (output,) = ctx.saved_tensors
         return grad_output / (2 * output)  # BP2: δ / (2y)
 

@@ -11,7 +11,8 @@ attention's ``Q Kᵀ``) ``∂c/∂B = Aᵀ δ``. Where batch dims were broadcast
 Each forward calls the native op, so its shapes, broadcasting, error messages and autocast casts
 (the products run in float16/bfloat16 under autocast, as ``linear`` does) are torch's own; under
 autocast the backward multiplies δ by the saved operands cast to δ's dtype, as native does with
-the casts autocast saved. Complex tensors are not supported: their backward raises.
+the casts autocast saved. Complex tensors are not supported: a call autograd records on them
+raises a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -64,13 +65,13 @@ class MmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "mm")
         input, mat2 = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(input if needs[1] else None, mat2 if needs[0] else None)  # each for the other
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "mm")
         input, mat2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_mat2 = None
@@ -92,13 +93,13 @@ class BmmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "bmm")
         input, mat2 = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(input if needs[1] else None, mat2 if needs[0] else None)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "bmm")
         input, mat2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_mat2 = None
@@ -121,6 +122,7 @@ class MatmulFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "matmul")
         input, other = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(input if needs[1] else None, other if needs[0] else None)
@@ -128,7 +130,6 @@ class MatmulFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "matmul")
         input, other = ctx.saved_tensors
         a_shape, b_shape = ctx.shapes
         needs = ctx.needs_input_grad
@@ -168,6 +169,7 @@ class AddmmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "addmm")
         input, mat1, mat2, ctx.beta, ctx.alpha = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(mat1 if needs[2] else None, mat2 if needs[1] else None)
@@ -175,7 +177,6 @@ class AddmmFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "addmm")
         mat1, mat2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_mat1 = grad_mat2 = None
@@ -200,6 +201,7 @@ class BaddbmmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "baddbmm")
         input, batch1, batch2, ctx.beta, ctx.alpha = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(batch1 if needs[2] else None, batch2 if needs[1] else None)
@@ -207,7 +209,6 @@ class BaddbmmFunction(ManualFunction):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "baddbmm")
         batch1, batch2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_batch1 = grad_batch2 = None
@@ -379,13 +380,13 @@ class EinsumFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _real(output, "einsum")
         _, ctx.equations, ctx.missing, *operands = inputs
         ctx.save_for_backward(*operands)
         ctx.shapes = [x.shape for x in operands]
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        _real(grad_output, "einsum")
         operands = ctx.saved_tensors
         grads: list[Tensor | None] = [None, None, None]
         for k, shape in enumerate(ctx.shapes):
