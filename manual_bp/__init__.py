@@ -29,6 +29,7 @@ from manual_bp.convert import revert as revert
 from manual_bp.coverage import coverage as coverage
 from manual_bp.mlp import MLP as MLP
 from manual_bp.modules import *  # noqa: F403 (the drop-in layers, from the op registry)
+from manual_bp.routing import functional_mode as functional_mode
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = sorted(
         "coverage",
         "engine",
         "functional",
+        "functional_mode",
         "native_twin",
         "ops",
         "revert",

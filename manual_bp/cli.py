@@ -4,10 +4,13 @@
   prints it as a table; the exit code is 1 if any check fails.
 * ``manual-bp check --model package.module:factory`` (or ``path/to/file.py:factory``) calls the
   factory, converts a float64 copy of the model it returns and compares it with the native copy
-  (:func:`manual_bp.check.check_model`); the exit code is 1 on a mismatch, and 2 (one line on
-  stderr) when the check cannot run (:class:`manual_bp.check.CheckError`: the model cannot be copied,
-  returns no floating tensor or has no layer with a manual backward; ``loss_fn`` raises or returns
-  no scalar Tensor).
+  (:func:`manual_bp.check.check_model`), and prints the converted copy's coverage
+  (:func:`manual_bp.coverage`); the exit code is 1 on a mismatch, 2 (one line on stderr) when the
+  check cannot run (:class:`manual_bp.check.CheckError`: the model cannot be copied, returns no
+  floating tensor or has no layer with a manual backward; ``loss_fn`` raises or returns no scalar
+  Tensor), and 3 when the gradients match but the coverage is too low: no parameter gets its
+  gradient from explicit backward (nothing converted), or less than ``--min-coverage F`` of the
+  parameter elements do. ``--functional`` converts with ``functional=True``.
 * ``manual-bp train ...`` hands every remaining argument to the Lightning CLI
   (``manual_bp.lightning.cli.main``). ``manual-bp train --help`` is kept in a cache file
   (:func:`_train_help`): building it imports Lightning, which alone takes 3-4 s.
@@ -37,9 +40,13 @@ from typing import Any
 
 from manual_bp._factory import FactoryError, call_factory, describe
 
-__all__ = ["main"]
+__all__ = ["COVERAGE_EXIT", "main"]
 
 _DTYPES = ("float64", "float32")
+
+
+#: ``manual-bp check --model``'s exit code when the gradients match but too little is converted.
+COVERAGE_EXIT = 3
 
 
 class UsageError(Exception):
@@ -60,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
             "Without --model: run gradcheck and gradgradcheck (float64) and a comparison with the "
             "native op (float32) for every Function of manual_bp.functional and print a table. With "
             "--model: convert a copy of your model and compare its output and every gradient with "
-            "the native copy's. Exit code 0 when everything passes, 1 on a failure, 2 on bad input."
+            "the native copy's. Exit code 0 when everything passes, 1 on a failure, 2 on bad input, 3 "
+            "when --model's coverage is below --min-coverage (or nothing is converted)."
         ),
     )
     check.add_argument(
@@ -69,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "a factory 'package.module:function' or 'path/to/file.py:function' returning "
             "(model, inputs) or (model, inputs, loss_fn); the current directory is importable"
+        ),
+    )
+    check.add_argument(
+        "--functional",
+        action="store_true",
+        help="convert with functional=True: torch function calls in forward are routed to manual Functions",
+    )
+    check.add_argument(
+        "--min-coverage",
+        type=float,
+        metavar="F",
+        help=(
+            "fail with exit code 3 when less than this share (0 to 1) of the parameter elements gets its "
+            "gradient from explicit backward; exit code 3 also when nothing is converted"
         ),
     )
     check.add_argument(
@@ -178,6 +200,8 @@ def _check(args: argparse.Namespace) -> int:
         return 0 if all(r.passed for r in rows) else 1
     if args.feedback is not None:
         raise UsageError("--feedback checks the ops of the registry; it does not combine with --model")
+    if args.min_coverage is not None and not 0.0 <= args.min_coverage <= 1.0:
+        raise UsageError(f"--min-coverage: expected a share between 0 and 1, got {args.min_coverage}")
     model, inputs, loss_fn = _call_factory(args.model)
     model = model.to(device)
     inputs = _to(inputs, device)
@@ -193,14 +217,22 @@ def _check(args: argparse.Namespace) -> int:
             f"{type(error).__name__}: {error}"
         ) from error
     try:
-        result = check.check_model(model, inputs, loss_fn, dtype=getattr(torch, args.dtype), seed=args.seed)
+        result = check.check_model(
+            model,
+            inputs,
+            loss_fn,
+            dtype=getattr(torch, args.dtype),
+            seed=args.seed,
+            functional=args.functional,
+            min_coverage=args.min_coverage,
+        )
     except check.CheckError as error:  # the check cannot run: bad input, not a gradient difference
         raise UsageError(f"--model: {error}") from error
     print(result)
-    print(
-        "PASS: manual gradients match native autograd" if result.passed else "FAIL: manual gradients differ"
-    )
-    return 0 if result.passed else 1
+    print(result.verdict())
+    if not result.passed:
+        return 1
+    return 0 if result.coverage_ok else COVERAGE_EXIT
 
 
 def _check_feedback(rule: str, ops: Any, device: Any, seed: int) -> int:

@@ -27,23 +27,35 @@ cannot be swapped.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import logging
+import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from manual_bp.coverage import _percent
+from manual_bp.coverage import Coverage, _percent, coverage
 from manual_bp.feedback import check_rule, clear_feedback, set_feedback
 from manual_bp.mlp import MLP
 from manual_bp.ops import MODULE_TWINS, TORCH_FUNCTIONS, callable_name
 from manual_bp.ops.losses import HalfSquaredError
+from manual_bp.routing import FunctionalMode
 
-__all__ = ["ConversionReport", "ModuleEntry", "conversion_report", "convert", "native_twin", "revert"]
+__all__ = [
+    "ConversionReport",
+    "ModuleEntry",
+    "conversion_report",
+    "convert",
+    "is_functional",
+    "native_twin",
+    "revert",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -58,8 +70,13 @@ _FUNCTIONAL_TWINS: dict[Any, str] = {fn: callable_name(fn) for fn in TORCH_FUNCT
 FUNCTIONAL_NOTE = (
     "activations called as functions inside forward (F.relu(x), torch.tanh(x), x.sigmoid()) or "
     "stored as functions (nn.TransformerEncoderLayer(activation='relu') keeps F.relu) are not "
-    "modules and cannot be swapped: they stay native (pass a module, e.g. activation=nn.ReLU(), "
-    "to convert them)"
+    "modules and cannot be swapped: they stay native (convert(model, functional=True) routes them "
+    "to manual Functions, or pass a module, e.g. activation=nn.ReLU())"
+)
+ROUTED_NOTE = (
+    "converted with functional=True: the torch function calls forward makes (F.relu(x), torch.addmm, "
+    "x @ w, x * weight, ...) are routed to manual Functions too; in-place forms, views and calls a "
+    "manual function refuses stay native (manual_bp.coverage lists what is left)"
 )
 
 
@@ -92,15 +109,61 @@ def _twin_of(cls: type[nn.Module], manual: type[nn.Module]) -> type[nn.Module]:
 
 def __getattr__(name: str) -> Any:
     """Recreate a twin class on demand, so that a converted model pickled in another process loads."""
-    if name.startswith(_TWIN_PREFIX) and "_cls_" in name:
-        module_name, qualname = name[len(_TWIN_PREFIX) :].split("_cls_", 1)
-        obj: Any = importlib.import_module(module_name.replace("_dot_", "."))
-        for part in qualname.split("_dot_"):
-            obj = getattr(obj, part)
-        native = _native_base(obj)
-        if native is not None:
-            return _twin_of(obj, _NATIVE_TO_MANUAL[native])
+    for prefix in (_FUNCTIONAL_PREFIX, _TWIN_PREFIX):
+        if name.startswith(prefix) and "_cls_" in name:
+            module_name, qualname = name[len(prefix) :].split("_cls_", 1)
+            obj: Any = importlib.import_module(module_name.replace("_dot_", "."))
+            if obj is sys.modules[__name__]:  # the functional twin of a twin: one attribute of ours
+                obj = getattr(obj, qualname)
+            else:
+                for part in qualname.split("_dot_"):
+                    obj = getattr(obj, part)
+            if prefix == _FUNCTIONAL_PREFIX:
+                return _functional_twin(obj)
+            native = _native_base(obj)
+            if native is not None:
+                return _twin_of(obj, _NATIVE_TO_MANUAL[native])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# functional=True: the model's forward runs under FunctionalMode
+# --------------------------------------------------------------------------------------------
+
+_FUNCTIONAL_PREFIX = "_functional_"
+_FUNCTIONAL: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _functional_twin(cls: type[nn.Module]) -> type[nn.Module]:
+    """The class ``cls`` with ``forward`` run under :class:`~manual_bp.routing.FunctionalMode`.
+
+    A model converted with ``functional=True`` gets this class (``model.__class__ = twin``), like
+    the module twins: the same object, parameters, ``state_dict`` and hooks; ``isinstance(model,
+    cls)`` holds; deep copies share the class, and pickles find it by name (``__getattr__`` above
+    recreates it in a new process, as for ``ddp_spawn``). :func:`revert` sets ``cls`` back.
+    """
+    twin = _FUNCTIONAL.get(cls)
+    if twin is None:
+        forward = cls.forward
+
+        @functools.wraps(forward)
+        def functional_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            with FunctionalMode():
+                return forward(self, *args, **kwargs)
+
+        name = _twin_name(cls).replace(_TWIN_PREFIX, _FUNCTIONAL_PREFIX, 1)
+        attrs = {"__module__": __name__, "_manual_bp_functional": cls, "forward": functional_forward}
+        twin = type(cls.__name__, (cls,), attrs)
+        twin.__qualname__ = name
+        _FUNCTIONAL[cls] = twin
+        globals()[name] = twin
+    return twin
+
+
+def is_functional(model: nn.Module) -> bool:
+    """Whether ``model`` was converted with ``functional=True`` (its forward runs under
+    :class:`~manual_bp.routing.FunctionalMode`)."""
+    return "_manual_bp_functional" in type(model).__dict__
 
 
 def _native_base(cls: type) -> type[nn.Module] | None:
@@ -147,6 +210,10 @@ class ConversionReport:
     #: elements of the model's distinct parameters owned by a manual module, and of all of them
     manual_elements: int = 0
     total_elements: int = 0
+    #: converted with ``functional=True``: torch function calls in forward are routed too
+    functional: bool = False
+    #: measured on one forward's graph when :func:`conversion_report` is given the model's inputs
+    coverage: Coverage | None = None
 
     @property
     def parameter_share(self) -> float:
@@ -168,7 +235,10 @@ class ConversionReport:
         else:
             out.append("parameters in manual layers: the model has no parameters")
         out.append(_table(("module", "class", "backward", "note"), rows))
-        out.append(textwrap.fill(f"note: {FUNCTIONAL_NOTE}.", width=100, subsequent_indent="      "))
+        note = ROUTED_NOTE if self.functional else FUNCTIONAL_NOTE
+        out.append(textwrap.fill(f"note: {note}.", width=100, subsequent_indent="      "))
+        if self.coverage is not None:
+            out.append(f"coverage (measured on the autograd graph of one forward):\n{self.coverage}")
         return "\n".join(out)
 
 
@@ -220,12 +290,17 @@ def _opaque_reason(module: nn.Module) -> str | None:
     return None
 
 
-def conversion_report(model: nn.Module) -> ConversionReport:
+def conversion_report(
+    model: nn.Module, *args: Any, loss_fn: Callable[[Any], Tensor] | None = None, **kwargs: Any
+) -> ConversionReport:
     """Describe which modules of ``model`` run a manual backward and which stay native, and why.
 
     Works on any model, converted or not. Modules whose ``forward`` is never called by their parent
     are still listed by class: the ``out_proj`` of ``nn.MultiheadAttention`` is one (the attention
-    reads its weight directly), and the report says so.
+    reads its weight directly), and the report says so. Given the model's inputs (``*args``,
+    ``**kwargs``, and ``loss_fn`` as in :func:`manual_bp.coverage`), it also runs one forward and
+    reports its :func:`~manual_bp.coverage` (``report.coverage``, printed at the end): which
+    parameters get their gradient from explicit backward, and the native nodes left.
 
     >>> import torch, manual_bp
     >>> from manual_bp.convert import conversion_report
@@ -276,6 +351,9 @@ def conversion_report(model: nn.Module) -> ConversionReport:
                 note = f"= {name}: a function, not a module; cannot be swapped"
                 report.functions.append(ModuleEntry(where, "function attribute", "native", note))
     _count_parameters(model, report)
+    report.functional = is_functional(model)
+    if args or kwargs or loss_fn is not None:
+        report.coverage = coverage(model, *args, loss_fn=loss_fn, **kwargs)
     return report
 
 
@@ -328,6 +406,7 @@ def _copy(model: nn.Module, who: str) -> nn.Module:
 def convert(
     model: nn.Module,
     inplace: bool = False,
+    functional: bool = False,
     feedback: str = "backprop",
     feedback_scale: float = 1.0,
     feedback_seed: int = 0,
@@ -348,6 +427,10 @@ def convert(
         model: any ``torch.nn.Module``.
         inplace: change ``model`` itself (and return it); by default a deep copy is converted and
             ``model`` is left untouched.
+        functional: also route the torch function calls made while ``model`` runs (``torch.addmm``,
+            ``x @ w``, ``F.gelu``, ``x * weight``, ...) to the registry's manual Functions: the model's
+            ``forward`` runs under :class:`manual_bp.routing.FunctionalMode` (what stays native, and
+            why: :mod:`manual_bp.routing`). :func:`manual_bp.coverage` measures what this reaches.
         feedback: a feedback rule for the BP2 of every ``Linear`` and convolution
             (:func:`manual_bp.feedback.set_feedback`: ``"fa"``, ``"dfa"``, ``"sign"``, ``"brsf"``,
             ``"frsf"``); ``"backprop"``, the default, is the seed's ``δ W``.
@@ -368,6 +451,8 @@ def convert(
     True
     """
     _check_module(model, "convert")
+    if not isinstance(functional, bool):
+        raise TypeError(f"functional must be True or False, got {functional!r}")
     check_rule(feedback, feedback_scale, feedback_seed)
     if not inplace:
         model = _copy(model, "convert")
@@ -385,7 +470,10 @@ def convert(
         manual = _NATIVE_TO_MANUAL[native]
         module.__class__ = manual if cls is native else _twin_of(cls, manual)
         converted += 1
-    if converted == 0:
+    if functional and not is_functional(model):
+        model.__class__ = _functional_twin(type(model))
+        converted += 1
+    if converted == 0 and not is_functional(model):
         why = (
             f"all {already} supported modules are manual already"
             if already
@@ -405,7 +493,8 @@ def convert(
 
 
 def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The exact inverse of :func:`convert`: every manual twin becomes its ``torch.nn`` class again.
+    """The exact inverse of :func:`convert`: every manual twin becomes its ``torch.nn`` class again,
+    and a model converted with ``functional=True`` runs its ``forward`` without the routing again.
 
     Classes come back exactly (``NonDynamicallyQuantizableLinear`` stays that class); parameters,
     buffers, hooks and modes are untouched, so ``revert(convert(m))`` computes bit-identical
@@ -423,6 +512,9 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = _copy(model, "revert")
     reverted = 0
     for _, module, _ in _walk(model):
+        if is_functional(module):
+            module.__class__ = type(module).__dict__["_manual_bp_functional"]
+            reverted += 1
         if _opaque_reason(module) is not None:
             continue
         cls = type(module)

@@ -76,6 +76,10 @@ VIEW_NODES: frozenset[str] = frozenset(
 )
 
 _NUMBERED = re.compile(r"Backward\d*$")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# manual_bp's own frames between a call site and torch, when convert(functional=True) passes a call
+# on natively: the routing mode and the forward it wraps
+_PASSING = frozenset(os.path.join(_HERE, f) for f in ("routing.py", "convert.py"))
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def _source(node: Any) -> str | None:
     torch_dir = os.path.dirname(torch.__file__) + os.sep
     for frame in reversed(stack):
         match = re.match(r'\s*File "(.+)", line (\d+)', frame)
-        if match and not match.group(1).startswith(torch_dir):
+        if match and not match.group(1).startswith(torch_dir) and match.group(1) not in _PASSING:
             if os.path.abspath(match.group(1)) == os.path.abspath(__file__):
                 return None
             return f"{os.path.basename(match.group(1))}:{match.group(2)}"

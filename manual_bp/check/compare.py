@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from manual_bp.check._tolerances import TOLERANCES, close, errors, tolerances
 from manual_bp.check.native_calls import NativeCall, as_call, find_native_calls
 from manual_bp.convert import ConversionReport, _table, conversion_report, convert, native_twin
+from manual_bp.coverage import Coverage, _percent, coverage
 
 __all__ = ["CheckError", "Comparison", "ComparisonRow", "ModelCheck", "check_model", "compare"]
 
@@ -237,10 +238,46 @@ class ModelCheck:
     report: ConversionReport
     comparison: Comparison
     native_calls: list[NativeCall]
+    coverage: Coverage | None = None
+    min_coverage: float | None = None
 
     @property
     def passed(self) -> bool:
+        """Whether every output and gradient matches native's (coverage aside)."""
         return self.comparison.passed
+
+    @property
+    def converted(self) -> bool:
+        """Whether anything was converted: some parameter gets its gradient from explicit backward
+        (for a model without parameters: some manual node ran)."""
+        c = self.coverage
+        return c is None or c.explicit_elements > 0 or (c.total_elements == 0 and c.manual_nodes > 0)
+
+    @property
+    def coverage_ok(self) -> bool:
+        """Converted, and at least ``min_coverage`` of the parameter elements explicit."""
+        if not self.converted:
+            return False
+        c = self.coverage
+        return self.min_coverage is None or c is None or c.parameter_share >= self.min_coverage
+
+    def verdict(self) -> str:
+        """The last line ``manual-bp check --model`` prints: PASS, or what failed."""
+        if not self.passed:
+            return "FAIL: manual gradients differ"
+        c = self.coverage
+        if not self.converted:
+            return (
+                "NOT CONVERTED: no parameter gets its gradient from explicit backward (0% coverage): "
+                "the gradients above are native autograd's on both sides"
+                + ("" if self.report.functional else "; try --functional")
+            )
+        if not self.coverage_ok and c is not None:
+            return (
+                f"FAIL: coverage {_percent(c.explicit_elements, c.total_elements)} of parameter elements "
+                f"is below --min-coverage {self.min_coverage:g} (manual gradients match native autograd)"
+            )
+        return "PASS: manual gradients match native autograd"
 
     def __str__(self) -> str:
         parts = [str(self.report), "", str(self.comparison)]
@@ -269,19 +306,29 @@ def check_model(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
+    functional: bool = False,
+    min_coverage: float | None = None,
 ) -> ModelCheck:
     """Convert a copy of ``model`` and compare it with a native copy in ``dtype`` (float64 by default).
 
     ``model`` is not changed: both twins are deep copies cast to ``dtype`` (floating inputs too);
     the native one is :func:`manual_bp.convert.native_twin` (every manual layer and every ``MLP``
     computed by ``torch.nn`` and autograd), so models built from manual layers work too.
-    The result prints as the conversion report, the comparison table and the native calls that
-    conversion could not reach.
+    The result prints as the conversion report with the converted copy's
+    :func:`~manual_bp.coverage`, the comparison table and the native calls that conversion could
+    not reach.
+
+    Args:
+        functional: convert with ``functional=True`` (torch function calls routed too).
+        min_coverage: the share of parameter elements that must get their gradient from explicit
+            backward (:attr:`ModelCheck.coverage_ok`); without it, any share above 0 will do.
 
     Raises:
         CheckError: ``model`` cannot be deep-copied, nothing in it has a manual backward (both copies
             would run native autograd), or the comparison cannot run (see :func:`compare`).
     """
+    if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
+        raise ValueError(f"min_coverage must be between 0 and 1, got {min_coverage}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"check_model expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = as_call(inputs)
@@ -303,9 +350,9 @@ def check_model(
         warnings.simplefilter("ignore", UserWarning)  # "nothing to convert" is a CheckError instead
         # native even if built from manual layers (an MLP becomes a native Linear/activation stack)
         native = native_twin(copies[0])
-        manual = convert(copies[1], inplace=True)  # an MLP stays as it is
+        manual = convert(copies[1], inplace=True, functional=functional)  # an MLP stays as it is
     report = conversion_report(manual)
-    if not report.manual:
+    if not report.manual and not functional:
         kept = ", ".join(f"{e.path or '(model)'} {e.kind}" for e in report.native) or "none"
         raise CheckError(
             f"nothing to check: convert found no layer with a manual backward in {report.model} "
@@ -313,4 +360,13 @@ def check_model(
             "manual_bp.ops.MODULE_TWINS), so both copies would run native autograd"
         )
     comparison = compare(manual, native, call, loss_fn, rtol=rtol, atol=atol, seed=seed, dtype=dtype)
-    return ModelCheck(report, comparison, find_native_calls(manual, call))
+    # floating inputs require grad (as in the comparison), so a model without parameters has a graph
+    cargs, ckwargs = as_call(call)
+    grad = lambda a: a.detach().requires_grad_() if isinstance(a, Tensor) and a.is_floating_point() else a  # noqa: E731
+    try:
+        report.coverage = coverage(
+            manual, *map(grad, cargs), loss_fn=loss_fn, **{k: grad(v) for k, v in ckwargs.items()}
+        )
+    except (TypeError, ValueError) as error:  # e.g. an output that needs no gradient at all
+        raise CheckError(f"cannot measure the coverage: {error}") from error
+    return ModelCheck(report, comparison, find_native_calls(manual, call), report.coverage, min_coverage)

@@ -40,6 +40,8 @@ _MANUAL_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 _WRAPPERS = tuple(
     os.path.join(_TORCH_DIR, f)
     for f in ("overrides.py", "nn/functional.py", "_tensor.py", "functional.py", "_jit_internal.py")
+) + tuple(  # manual_bp's functional=True routing, when it passes a call on natively
+    os.path.join(_MANUAL_DIR, f) for f in ("routing.py", "convert.py")
 )
 
 
