@@ -9,6 +9,7 @@ Run (the docs' performance page, docs/performance.md, renders this command's JSO
     python scripts/bench.py --device cuda --dtype bfloat16
     python scripts/bench.py --models                # only: converted ResNet-18, ViT, ... vs native
     OMP_NUM_THREADS=1 python scripts/bench.py --models --model lstm_lm  # one of them
+    OMP_NUM_THREADS=1 python scripts/bench.py --functional  # only: convert(functional=True) overhead
 
 A step is: zero grads, forward, half squared error c = ½‖y − t‖² averaged over samples, backward,
 plain SGD update. Paths, timed interleaved (each repetition times every path once, in turn) and
@@ -59,6 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import manual_bp
 from manual_bp import engine
@@ -688,6 +690,134 @@ def bench_models(args: argparse.Namespace, dtype: torch.dtype) -> list[dict[str,
     return rows
 
 
+# ----------------------------------------------------------------------------- functional=True
+FUNCTIONAL_LIMIT = 1.3  # a training step of convert(model, functional=True) / native, issue 16
+# (batch, tokens, width, heads, layers) of the GPT-2-style classifier (tests/_hf_style.py)
+FUNCTIONAL_SIZES = ((8, 32, 64, 4, 2), (16, 64, 128, 4, 2))
+QUICK_FUNCTIONAL_SIZES = ((2, 8, 16, 2, 1),)
+
+
+class _PassOn(TorchFunctionMode):
+    """A torch function mode that passes every call on unchanged: what any such mode costs."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+class _InPassOnMode(nn.Module):
+    """``model`` run under :class:`_PassOn`: native ops, plus the cost of a mode seeing every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _PassOn():
+            return self.model(x)
+
+
+def _functional_calls(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    """Per call: ``torch.tanh`` of a small tensor, natively, inside a mode that passes every call
+    on, and routed by :class:`manual_bp.routing.FunctionalMode`; and a view (never routed: what the
+    mode costs every call it passes on)."""
+    from manual_bp.routing import FunctionalMode
+
+    x = torch.randn(8, 64, device=args.device, dtype=dtype, requires_grad=True)
+    routed, passing = FunctionalMode(), _PassOn()
+
+    def calls(fn: Callable[[], Any], mode: Any = None) -> Callable[[], None]:
+        def step() -> None:
+            if mode is None:
+                for _ in range(100):
+                    fn()
+            else:
+                with mode:
+                    for _ in range(100):
+                        fn()
+
+        return step
+
+    steps = {
+        "native": calls(lambda: torch.tanh(x)),
+        "pass_on": calls(lambda: torch.tanh(x), passing),
+        "routed": calls(lambda: torch.tanh(x), routed),
+        "view_native": calls(lambda: x.view(64, 8)),
+        "view_in_mode": calls(lambda: x.view(64, 8), routed),
+    }
+    times = interleaved_times(steps, args.reps, args.device)
+    return {name: statistics.median(ts) / 100 for name, ts in times.items()}
+
+
+def _functional_step(size: tuple[int, ...], args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    """A training step of the GPT-2-style classifier: native, ``convert`` and ``convert(functional=True)``."""
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import _hf_style
+
+    batch, tokens, width, heads, layers = size
+    torch.manual_seed(0)
+    native = _hf_style.GPT2Classifier(10, width, heads, layers).to(device=args.device, dtype=dtype)
+    modules = manual_bp.convert(native)
+    functional = manual_bp.convert(native, functional=True)
+    loss = nn.CrossEntropyLoss()
+    x = torch.randn(batch, tokens, width, device=args.device, dtype=dtype)
+    t = torch.randint(0, 10, (batch,), device=args.device)
+    steps = {
+        "native": autograd_step(native, loss, x, t),
+        "pass_on": autograd_step(_InPassOnMode(native), loss, x, t),
+        "modules": autograd_step(modules, loss, x, t),
+        "functional": autograd_step(functional, loss, x, t),
+    }
+    times = interleaved_times(steps, args.reps, args.device)
+    cov = manual_bp.coverage(functional, x, loss_fn=lambda y: loss(y, t))
+    return {
+        "size": list(size),
+        "rep_seconds": times,
+        "parameter_share": cov.parameter_share,
+        "node_share": cov.node_share,
+    }
+
+
+def functional_bench(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    """The cost of ``convert(model, functional=True)``: per call, and per training step of a GPT-2-style
+    model (each size in ``--procs`` fresh processes, pooled as :func:`run_config` pools)."""
+    per_call = _functional_calls(args, dtype)
+    print("per call (torch.tanh of an 8x64 tensor; a view, which the mode passes on):")
+    print(
+        f"  native {per_call['native'] * 1e6:.1f} us, in a mode that passes it on "
+        f"{per_call['pass_on'] * 1e6:.1f} us, routed {per_call['routed'] * 1e6:.1f} us; view native "
+        f"{per_call['view_native'] * 1e6:.1f} us, in the mode {per_call['view_in_mode'] * 1e6:.1f} us"
+    )
+    print(
+        "training step of a GPT-2-style classifier (tests/_hf_style.py GPT2Classifier; SGD, cross-entropy): "
+        f"native, native under a mode that passes every call on, convert (modules), "
+        f"convert(functional=True) (target <= {FUNCTIONAL_LIMIT:.2f}x native)"
+    )
+    rows = []
+    for size in QUICK_FUNCTIONAL_SIZES if args.quick else FUNCTIONAL_SIZES:
+        parts = [in_fresh_process(args, _functional_step, size, args, dtype) for _ in range(args.procs)]
+        times, ratios, by_process = pooled([part["rep_seconds"] for part in parts])
+        row = {k: v for k, v in parts[0].items() if k != "rep_seconds"}
+        row.update(seconds=times, ratio=ratios["functional"], ratio_modules=ratios["modules"])
+        row.update(ratio_pass_on=ratios["pass_on"])
+        row.update(ratio_by_process=by_process["functional"], limit=FUNCTIONAL_LIMIT)
+        row.update(ok=ratios["functional"] <= FUNCTIONAL_LIMIT)
+        rows.append(row)
+        b, n, w, h, depth = size
+        print(
+            f"  batch {b}, {n} tokens, width {w}, {h} heads, {depth} blocks: "
+            f"native {fmt_time(times['native'])}, native in a pass-on mode {fmt_time(times['pass_on'])} "
+            f"({row['ratio_pass_on']:.2f}x), "
+            f"modules {fmt_time(times['modules'])} ({row['ratio_modules']:.2f}x), functional "
+            f"{fmt_time(times['functional'])} ({row['ratio']:.2f}x {'ok' if row['ok'] else 'MISSED'}); "
+            f"explicit {math.floor(1000 * row['parameter_share']) / 10:.1f}% of parameters, "
+            f"{100 * row['node_share']:.0f}% of nodes",
+            flush=True,
+        )
+    return {"per_call_seconds": per_call, "steps": rows}
+
+
 def write_json(args: argparse.Namespace, argv: list[str] | None, results: dict[str, Any]) -> None:
     """Write ``results`` to ``--out`` with the command and the set-up, as ``scripts/bench_report.py``
     reads them (every section: the grid, ``--models``, ``--cross-entropy``)."""
@@ -759,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the cross-entropy forward + backward section (native vs manual, this process)",
     )
     parser.add_argument(
+        "--functional",
+        action="store_true",
+        help="only the convert(model, functional=True) section: per-call overhead of the routing and a "
+        "training step of a GPT-2-style model against native (run with OMP_NUM_THREADS=1)",
+    )
+    parser.add_argument(
         "--feedback",
         action="store_true",
         help="only the feedback-rule section: a training step under each rule against backprop's",
@@ -781,6 +917,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here (torch {torch.__version__})")
+    if args.functional:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
+        write_json(args, argv, {"functional": functional_bench(args, param_dtype)})
+        return 0
     if args.feedback:
         feedback_rows = feedback_bench(args, param_dtype)
         print_feedback(feedback_rows)

@@ -453,3 +453,24 @@ def test_the_docs_walk_through_runs_and_prints_what_it_shows(capsys: pytest.Capt
         printed = capsys.readouterr().out
         if i + 1 < len(blocks) and blocks[i + 1][0] == "text":
             assert printed == blocks[i + 1][1], printed
+
+
+def test_the_benchmark_section_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A smoke run of ``scripts/bench.py --functional`` (tiny sizes, one repetition; no timing asserted)."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    spec = importlib.util.spec_from_file_location("manual_bp_bench_script", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "functional.json"
+    assert bench.main(["--functional", "--quick", "--same-process", "--reps", "1", "--out", str(out)]) == 0
+    assert "training step of a GPT-2-style classifier" in capsys.readouterr().out
+    result = json.loads(out.read_text())["functional"]
+    assert set(result["per_call_seconds"]) == {"native", "pass_on", "routed", "view_native", "view_in_mode"}
+    (row,) = result["steps"]
+    assert set(row["seconds"]) == {"native", "pass_on", "modules", "functional"}
+    if not _missing(NEEDS["gpt2"]):
+        assert row["parameter_share"] == 1.0
