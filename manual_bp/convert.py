@@ -231,7 +231,8 @@ class ConversionReport:
         if self.total_elements:
             share = _percent(self.manual_elements, self.total_elements)
             counts = f"{self.manual_elements:,} of {self.total_elements:,} elements"
-            out.append(f"parameters in manual layers: {share} ({counts})")
+            routed = " (modules only: the coverage below counts the routed calls)" if self.functional else ""
+            out.append(f"parameters in manual layers: {share} ({counts}){routed}")
         else:
             out.append("parameters in manual layers: the model has no parameters")
         out.append(_table(("module", "class", "backward", "note"), rows))
@@ -309,7 +310,12 @@ def conversion_report(
     ['0', '1']
     """
     _check_module(model, "conversion_report")
-    report = ConversionReport(model=type(model).__name__)
+    report = ConversionReport(model=type(model).__name__, functional=is_functional(model))
+    unsupported = (
+        "not a layer manual_bp swaps; its torch calls are routed (functional=True)"
+        if report.functional
+        else "not supported by manual_bp"
+    )
     for path, module, parent in _walk(model):
         cls = type(module)
         opaque = _opaque_reason(module)
@@ -339,9 +345,7 @@ def conversion_report(
                     ModuleEntry(path, cls.__name__, "native", "; ".join(x for x in (params, note) if x))
                 )
             elif n:
-                report.native.append(
-                    ModuleEntry(path, cls.__name__, "native", f"{params}; not supported by manual_bp")
-                )
+                report.native.append(ModuleEntry(path, cls.__name__, "native", f"{params}; {unsupported}"))
         for attr, value in vars(module).items():
             if attr.startswith("_"):
                 continue
@@ -351,7 +355,6 @@ def conversion_report(
                 note = f"= {name}: a function, not a module; cannot be swapped"
                 report.functions.append(ModuleEntry(where, "function attribute", "native", note))
     _count_parameters(model, report)
-    report.functional = is_functional(model)
     if args or kwargs or loss_fn is not None:
         report.coverage = coverage(model, *args, loss_fn=loss_fn, **kwargs)
     return report

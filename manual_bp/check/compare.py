@@ -319,7 +319,8 @@ def check_model(
     not reach.
 
     Args:
-        functional: convert with ``functional=True`` (torch function calls routed too).
+        functional: convert with ``functional=True`` (torch function calls routed too). ``loss_fn``
+            stays as given, native unless it runs its code under :func:`manual_bp.functional_mode`.
         min_coverage: the share of parameter elements that must get their gradient from explicit
             backward (:attr:`ModelCheck.coverage_ok`); without it, any share above 0 will do.
 
