@@ -21,7 +21,10 @@ What cannot be converted is reported by :func:`conversion_report`: modules of ot
 (``nn.MultiheadAttention``, ``nn.Bilinear``, ...) stay native and compose with manual ones through autograd;
 activations stored as *functions* (``nn.TransformerEncoderLayer(activation="gelu")`` keeps
 ``F.gelu``) or called inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) are not modules and
-cannot be swapped.
+cannot be swapped. ``convert(model, functional=True)`` reaches those too: the model's ``forward``
+then runs under :class:`manual_bp.routing.FunctionalMode`, which routes the torch calls it makes to
+the registry's manual Functions (the model's class becomes a subclass whose ``forward`` does that,
+found by pickle like the twins; :func:`revert` sets the class back).
 """
 
 from __future__ import annotations
@@ -456,6 +459,11 @@ def convert(
     _check_module(model, "convert")
     if not isinstance(functional, bool):
         raise TypeError(f"functional must be True or False, got {functional!r}")
+    if functional and isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "functional=True routes the torch calls a Python forward makes; a TorchScript module's "
+            "forward is compiled code that no torch function mode sees: convert the Python model instead"
+        )
     check_rule(feedback, feedback_scale, feedback_seed)
     if not inplace:
         model = _copy(model, "convert")

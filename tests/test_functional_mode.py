@@ -154,6 +154,12 @@ def test_convert_functional_must_be_a_bool() -> None:
         manual_bp.convert(nn.Linear(2, 2), functional="yes")  # type: ignore[arg-type]
 
 
+def test_convert_functional_refuses_a_torchscript_module() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    with pytest.raises(TypeError, match=r"a TorchScript module's forward is compiled code"):
+        manual_bp.convert(scripted, functional=True)
+
+
 def test_conversion_report_says_functional_and_prints_coverage_given_inputs() -> None:
     model, x, loss_fn = _float64("convnext")
     report = manual_bp.conversion_report(manual_bp.convert(model, functional=True), x, loss_fn=loss_fn)
