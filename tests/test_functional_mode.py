@@ -415,6 +415,20 @@ def test_check_cli_rejects_a_min_coverage_out_of_range(capsys: pytest.CaptureFix
     assert "--min-coverage: expected a share between 0 and 1, got 99.0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_lightning_module_converts_the_factorys_model_with_functional(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from manual_bp.lightning import ManualBPModule
+
+    monkeypatch.chdir(Path(HF).parent.parent)
+    module = ManualBPModule(factory="tests._hf_style:digits_gpt2", functional=True, loss="cross_entropy")
+    assert is_functional(module.net) and module.hparams.functional
+    x, t = torch.randn(4, 64), torch.tensor([0, 3, 9, 2])
+    share = manual_bp.coverage(module.net, x, loss_fn=lambda y: F.cross_entropy(y, t)).parameter_share
+    assert share == 1.0 or _missing(NEEDS["gpt2"])
+
+
 @pytest.mark.slow
 def test_train_a_functional_transformer_under_ddp_spawn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
