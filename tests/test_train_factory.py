@@ -8,7 +8,6 @@ accuracy of "done" (>= 93% on the digits' 360 test images) takes 4 epochs, about
 from __future__ import annotations
 
 import csv
-import inspect
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch import nn
 import manual_bp
 from manual_bp import cli
 from manual_bp._factory import FactoryError
+from manual_bp.convert import is_functional
 from manual_bp.lightning import ManualBPModule
 from manual_bp.lightning.cli import main
 
@@ -168,15 +168,12 @@ def test_bad_factory_on_the_command_line_is_one_line_and_exit_two(
     assert err.startswith("manual-bp: error: --model.factory: cannot import module 'no_such_module_xyz'")
 
 
-def test_net_and_factory_together_and_functional_without_support(user_cnn: str) -> None:
+def test_net_and_factory_together_and_functional_with_a_factory(user_cnn: str) -> None:
     with pytest.raises(ValueError, match=r"give net or factory, not both \(got a Linear and '.*:cnn'\)"):
         ManualBPModule(net=nn.Linear(64, 10), factory=f"{user_cnn}:cnn")
     with pytest.raises(
         ValueError, match=r"functional=True converts the model of a factory: give factory too"
     ):
         ManualBPModule(functional=True)
-    if "functional" in inspect.signature(manual_bp.convert).parameters:
-        assert ManualBPModule(factory=f"{user_cnn}:cnn", functional=True).hparams.functional
-    else:  # until convert(functional=True) exists, the flag says so
-        with pytest.raises(ValueError, match=r"needs manual_bp\.convert\(model, functional=True\)"):
-            ManualBPModule(factory=f"{user_cnn}:cnn", functional=True)
+    module = ManualBPModule(factory=f"{user_cnn}:cnn", functional=True)
+    assert module.hparams.functional and is_functional(module.net)

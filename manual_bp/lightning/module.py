@@ -8,7 +8,6 @@ the loss, the optimizer and the metrics. Batches are ``(x, y)`` as the DataModul
 
 from __future__ import annotations
 
-import inspect
 import math
 import multiprocessing
 import random
@@ -81,8 +80,8 @@ class ManualBPModule(pl.LightningModule):
             ``manual_bp.convert(function())`` (``sizes`` and the activations are ignored). The path is
             saved in the checkpoint's hyperparameters, so ``load_from_checkpoint`` and resuming
             rebuild the network from it. Give ``net`` or ``factory``, not both.
-        functional: also convert the torch function calls the factory's model makes
-            (``convert(..., functional=True)``); needs a ``manual_bp.convert`` that has that option.
+        functional: also route the torch function calls the factory's model makes to manual
+            Functions (``convert(..., functional=True)``).
 
     The loss is a per-sample *mean*, so under DDP the averaged gradient of ``k`` processes with
     batch ``B / k`` equals the gradient one process computes on the whole batch ``B``.
@@ -439,15 +438,7 @@ def network_from_factory(factory: str, functional: bool = False) -> nn.Module:
             f"{option}: {factory}() returned {describe(model)}; expected a torch.nn.Module "
             "(a factory for `manual-bp check --model` returns (model, inputs): train takes the model only)"
         )
-    if not functional:
-        return manual_bp.convert(model, inplace=True)
-    if "functional" not in inspect.signature(manual_bp.convert).parameters:
-        raise ValueError(
-            "--model.functional true needs manual_bp.convert(model, functional=True), which this version "
-            f"of manual_bp ({manual_bp.__version__}) does not have yet; leave it false (torch function "
-            "calls in forward then stay native: `manual-bp check --model` lists them)"
-        )
-    return manual_bp.convert(model, inplace=True, functional=True)  # type: ignore[call-arg]
+    return manual_bp.convert(model, inplace=True, functional=functional)
 
 
 def _first_linear(model: nn.Module) -> nn.Linear | None:
