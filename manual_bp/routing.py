@@ -23,6 +23,9 @@ Which calls are routed, and which stay native:
   :func:`manual_bp.coverage` lists the native nodes they leave;
 * views and shape ops (``view``, ``reshape``, ``transpose``, ``cat``, ``split``, indexing) are not
   in the registry and stay native: their backward moves numbers and computes nothing;
+* a composite torch function the registry has no op for (``F.multi_head_attention_forward``) reaches
+  the mode as one call and runs natively with the mode off inside it (as under any
+  ``TorchFunctionMode``): the calls it makes are not routed;
 * a call the manual function refuses (an option it does not support, integer tensors, mixed
   dtypes that native promotes) runs natively, so that a model runs with the mode as it does
   without; ``FunctionalMode(strict=True)`` raises instead (the tests use it).
