@@ -494,3 +494,13 @@ def test_the_benchmark_section_runs(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert set(row["seconds"]) == {"native", "pass_on", "modules", "functional"}
     if not _missing(NEEDS["gpt2"]):
         assert row["parameter_share"] == 1.0
+
+
+def test_check_model_min_coverage_must_be_a_share() -> None:
+    model, x = only_functions()
+    with pytest.raises(ValueError, match=r"min_coverage must be between 0 and 1, got 1.5"):
+        manual_bp.check.check_model(model, x, min_coverage=1.5)
+    result = manual_bp.check.check_model(model, x, functional=True, min_coverage=1.0)
+    if not _missing((T.matmul,)):
+        assert result.passed and result.coverage_ok
+        assert result.verdict() == "PASS: manual gradients match native autograd"
