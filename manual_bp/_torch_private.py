@@ -14,9 +14,13 @@ from torch import Tensor, nn
 __all__ = [
     "Loss",
     "autocast_on",
+    "canonical_mask",
     "cpp_function_apply",
+    "detect_is_causal_mask",
     "functorch_active",
     "is_batched_grad",
+    "mha_shape_check",
+    "sequence_length",
 ]
 
 #: Whether autocast is on for any device: a 0.1 µs test, against 1.5 µs for the public per-device
@@ -44,3 +48,20 @@ def cpp_function_apply(cls: type[torch.autograd.Function], *args: Any) -> Any:
 #: The base class of torch's loss modules (``reduction``, ``size_average``/``reduce`` handling):
 #: :class:`manual_bp.HalfSquaredError` subclasses it so it behaves like every ``torch.nn`` loss.
 Loss = nn.modules.loss._Loss
+
+
+#: ``nn.MultiheadAttention`` and the Transformer layers turn a bool mask into an additive float mask
+#: (``−∞`` where ``True``) with this helper, warning on mismatched mask types: their manual twins
+#: call the same one, so that masks mean and warn exactly as native.
+canonical_mask = torch.nn.functional._canonical_mask
+
+#: ``nn.TransformerEncoder``/``Decoder`` detect a causal ``mask`` with this helper (``is_causal=None``):
+#: the twin of ``TransformerEncoder`` passes its layers the same flag.
+detect_is_causal_mask = torch.nn.modules.transformer._detect_is_causal_mask
+
+#: The batch dim's place in a Transformer's input (``None`` for nested tensors): what
+#: ``nn.TransformerEncoder`` hands :func:`detect_is_causal_mask`.
+sequence_length = torch.nn.modules.transformer._get_seq_len
+
+#: ``multi_head_attention_forward``'s argument check (batched or not, with native's messages).
+mha_shape_check = torch.nn.functional._mha_shape_check

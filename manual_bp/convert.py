@@ -18,13 +18,15 @@ class, so ``isinstance`` checks and extra methods keep working; a subclass that 
 ``forward`` stays native (its ``forward`` is not ``Linear``'s any more).
 
 What cannot be converted is reported by :func:`conversion_report`: modules of other kinds
-(``nn.MultiheadAttention``, ``nn.Bilinear``, ...) stay native and compose with manual ones through autograd;
-activations stored as *functions* (``nn.TransformerEncoderLayer(activation="gelu")`` keeps
-``F.gelu``) or called inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) are not modules and
-cannot be swapped. ``convert(model, functional=True)`` reaches those too: the model's ``forward``
-then runs under :class:`manual_bp.routing.FunctionalMode`, which routes the torch calls it makes to
-the registry's manual Functions (the model's class becomes a subclass whose ``forward`` does that,
-found by pickle like the twins; :func:`revert` sets the class back).
+(``nn.Bilinear``, ...) stay native and compose with manual ones through autograd;
+activations called inside a native ``forward`` (``F.relu(x)``, ``torch.tanh(x)``) or stored as
+*functions* by a native module are not modules and cannot be swapped. ``nn.MultiheadAttention`` and
+the Transformer layers convert as a whole (:mod:`manual_bp.ops.attention`): their twins run the
+manual twin of an activation stored as a function (``nn.TransformerEncoderLayer(activation="gelu")``
+keeps ``F.gelu``, and the manual ``gelu`` runs). ``convert(model, functional=True)`` reaches the rest:
+the model's ``forward`` then runs under :class:`manual_bp.routing.FunctionalMode`, which routes the
+torch calls it makes to the registry's manual Functions (the model's class becomes a subclass whose
+``forward`` does that, found by pickle like the twins; :func:`revert` sets the class back).
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ _MANUAL_TO_NATIVE: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _N
 _FUNCTIONAL_TWINS: dict[Any, str] = {fn: callable_name(fn) for fn in TORCH_FUNCTIONS}
 
 FUNCTIONAL_NOTE = (
-    "activations called as functions inside forward (F.relu(x), torch.tanh(x), x.sigmoid()) or "
-    "stored as functions (nn.TransformerEncoderLayer(activation='relu') keeps F.relu) are not "
-    "modules and cannot be swapped: they stay native (convert(model, functional=True) routes them "
-    "to manual Functions, or pass a module, e.g. activation=nn.ReLU())"
+    "activations called as functions inside a native forward (F.relu(x), torch.tanh(x), "
+    "x.sigmoid()) or stored as functions by a native module are not modules and cannot be swapped: "
+    "they stay native (convert(model, functional=True) routes them to manual Functions, or pass a "
+    "module, e.g. activation=nn.ReLU(); the Transformer layers' twins run the manual twin of their "
+    "stored activation function)"
 )
 ROUTED_NOTE = (
     "converted with functional=True: the torch function calls forward makes (F.relu(x), torch.addmm, "
@@ -300,8 +303,8 @@ def conversion_report(
     """Describe which modules of ``model`` run a manual backward and which stay native, and why.
 
     Works on any model, converted or not. Modules whose ``forward`` is never called by their parent
-    are still listed by class: the ``out_proj`` of ``nn.MultiheadAttention`` is one (the attention
-    reads its weight directly), and the report says so. Given the model's inputs (``*args``,
+    are still listed by class: the ``out_proj`` of a native ``nn.MultiheadAttention`` is one (the
+    attention reads its weight directly), and the report says so. Given the model's inputs (``*args``,
     ``**kwargs``, and ``loss_fn`` as in :func:`manual_bp.coverage`), it also runs one forward and
     reports its :func:`~manual_bp.coverage` (``report.coverage``, printed at the end): which
     parameters get their gradient from explicit backward, and the native nodes left.
@@ -329,7 +332,11 @@ def conversion_report(
             entry = ModuleEntry(path, cls.__name__, status, "; ".join(x for x in (params, opaque) if x))
             (report.manual if status == "manual" else report.native).append(entry)
         elif _is_manual(cls):
-            if isinstance(parent, nn.MultiheadAttention) and path.endswith("out_proj"):
+            if (
+                isinstance(parent, nn.MultiheadAttention)
+                and not _is_manual(type(parent))
+                and path.endswith("out_proj")
+            ):
                 note = (
                     "converted, but never called: MultiheadAttention passes out_proj.weight to "
                     "F.multi_head_attention_forward, so this gradient is native"
@@ -350,7 +357,7 @@ def conversion_report(
             elif n:
                 report.native.append(ModuleEntry(path, cls.__name__, "native", f"{params}; {unsupported}"))
         for attr, value in vars(module).items():
-            if attr.startswith("_"):
+            if attr.startswith("_") or _is_manual(cls):  # a manual layer runs its functions' twins
                 continue
             name = _functional_name(value)
             if name is not None:
@@ -368,8 +375,11 @@ def _count_parameters(model: nn.Module, report: ConversionReport) -> None:
     module holding it; it is manual when that module is in ``report.manual``, or lies inside an
     opaque manual module there (``manual_bp.MLP`` owns its layers' parameters)."""
     manual_modules: set[int] = set()
+    # by path from the walk, not get_submodule: a deep-copied nn.TransformerDecoderLayer holds its
+    # activation module in _modules but an F.relu attribute in front of it (its __setstate__)
+    by_path = {path: module for path, module, _ in _walk(model)}
     for entry in report.manual:
-        module = model.get_submodule(entry.path)
+        module = by_path[entry.path]
         members = module.modules() if _opaque_reason(module) is not None else [module]
         manual_modules.update(id(m) for m in members)
     seen: set[int] = set()
@@ -420,8 +430,8 @@ def convert(
     """Swap every layer of ``model`` that the op registry supports for its manual twin.
 
     Converted: every ``torch.nn`` class of the op registry (:data:`manual_bp.ops.MODULE_TWINS`:
-    ``nn.Linear`` and its subclasses that keep ``Linear.forward``, e.g. the ``out_proj`` of
-    ``nn.MultiheadAttention``; convolutions, pooling, padding, batch/layer/group/RMS/instance
+    ``nn.Linear`` and its subclasses that keep ``Linear.forward``; ``nn.MultiheadAttention`` and
+    the Transformer layers, whole; convolutions, pooling, padding, batch/layer/group/RMS/instance
     norm, ``Embedding``, dropout, softmax, ``Flatten``; the activations; the losses), anywhere in
     the model, the model itself included. Everything else stays native and composes with manual
     layers through autograd. Parameters (the same objects when

@@ -314,17 +314,19 @@ def test_conversion_report_parameter_figure_edge_cases() -> None:
     assert "parameters in manual layers: 100% (67 of 67 elements)" in str(
         manual_bp.conversion_report(manual_bp.convert(native))
     )
-    # a manual_bp.MLP owns its layers' parameters; a tied weight counts once; out_proj is never
-    # called by MultiheadAttention, so its parameters are not in manual layers
+    # a manual_bp.MLP owns its layers' parameters; a tied weight counts once; MultiheadAttention
+    # converts whole (its out_proj included)
     model = nn.ModuleDict({"mlp": manual_bp.MLP([3, 4, 2]), "attn": nn.MultiheadAttention(4, 2)})
     model.tied = manual_bp.Linear(3, 4)
     model.tied.weight = model.mlp.layers[0].weight
     report = manual_bp.conversion_report(manual_bp.convert(model))
     mlp_elements, attn_elements = 3 * 4 + 4 + 4 * 2 + 2, 3 * 4 * 4 + 3 * 4 + 4 * 4 + 4
     assert (report.manual_elements, report.total_elements) == (
-        mlp_elements + 4,
+        mlp_elements + attn_elements + 4,
         mlp_elements + attn_elements + 4,
     )
+    native_attention = manual_bp.conversion_report(nn.ModuleDict({"attn": nn.MultiheadAttention(4, 2)}))
+    assert (native_attention.manual_elements, native_attention.total_elements) == (0, attn_elements)
     assert manual_bp.conversion_report(nn.ReLU()).parameter_share == 1.0
     assert "parameters in manual layers: the model has no parameters" in str(
         manual_bp.conversion_report(nn.ReLU())

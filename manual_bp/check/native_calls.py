@@ -89,7 +89,7 @@ def find_native_calls(model: nn.Module, inputs: Any) -> list[NativeCall]:
     """Run ``model`` once and list native calls of ops manual_bp has twins for, with their call sites.
 
     These are what :func:`manual_bp.convert` cannot swap: ``F.relu(x)`` or ``torch.tanh(x)`` inside
-    a ``forward``, activations stored as functions, and the projections that
+    a ``forward``, activations stored as functions, and the projections that an unconverted
     ``nn.MultiheadAttention`` computes inside ``F.multi_head_attention_forward``. Calls made by
     manual Functions themselves are not listed.
     """

@@ -47,6 +47,7 @@ from manual_bp.ops.activations import (
     resolve_activation,
 )
 from manual_bp.ops.arithmetic import ARITHMETIC_OPS
+from manual_bp.ops.attention import ATTENTION_OPS
 from manual_bp.ops.conv import CONV_OPS
 from manual_bp.ops.dropout import DROPOUT_OPS
 from manual_bp.ops.elementwise import Elementwise
@@ -88,6 +89,7 @@ OPS: tuple[Op, ...] = (
     *EMBEDDING_OPS,
     *DROPOUT_OPS,
     *SHAPE_OPS,
+    *ATTENTION_OPS,
     *LOSS_OPS,
     *NETWORK_OPS,
     *ARITHMETIC_OPS,

@@ -33,6 +33,7 @@ __all__ = [
     "dropout1d",
     "dropout2d",
     "dropout3d",
+    "scaled_mask",
 ]
 
 
@@ -95,20 +96,25 @@ def _dropout(input: Tensor, p: float, training: bool, feature: bool) -> Tensor:
             f"feature dropout requires at least 2 dimensions (N, C, ...) in the input, got shape "
             f"{tuple(input.shape)}"
         )
+    return DropoutFunction.apply(input, scaled_mask(input, p, feature))
+
+
+def scaled_mask(input: Tensor, p: float, feature: bool = False) -> Tensor:
+    """The scaled mask ``m / (1 − p)`` that native dropout of ``input`` draws (``0 < p ≤ 1``), with
+    native's very calls: for ``p = 1`` no draw and a 0-d zero; else one Bernoulli(1 − p) draw per
+    element (per (sample, channel) for feature dropout, shape ``(N, C, 1, …)``)."""
     if p == 1:
-        scaled_mask = torch.zeros((), dtype=input.dtype, device=input.device)  # native: x * 0
-    elif not feature and input.device.type in _FUSED_ON:
+        return torch.zeros((), dtype=input.dtype, device=input.device)  # native: x * 0
+    if not feature and input.device.type in _FUSED_ON:
         # native runs its fused kernel there: take its mask (the same draws), scale it ourselves
         _, keep = torch.native_dropout(input.detach(), p, True)
-        scaled_mask = keep.to(input.dtype) * (1.0 / (1 - p))  # m / (1 − p)
+        return keep.to(input.dtype) * (1.0 / (1 - p))  # m / (1 − p)
+    if feature:  # one draw per (sample, channel), broadcast over the rest
+        mask = input.new_empty((*input.shape[:2], *(1,) * (input.dim() - 2)))
     else:
-        if feature:  # one draw per (sample, channel), broadcast over the rest
-            scaled_mask = input.new_empty((*input.shape[:2], *(1,) * (input.dim() - 2)))
-        else:
-            scaled_mask = torch.empty_like(input)
-        scaled_mask.bernoulli_(1 - p)  # m ~ Bernoulli(1 − p)
-        scaled_mask.div_(1 - p)  # m / (1 − p)
-    return DropoutFunction.apply(input, scaled_mask)
+        mask = torch.empty_like(input)
+    mask.bernoulli_(1 - p)  # m ~ Bernoulli(1 − p)
+    return mask.div_(1 - p)  # m / (1 − p)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:

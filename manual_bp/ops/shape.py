@@ -36,6 +36,7 @@ __all__ = [
     "flatten",
     "log_softmax",
     "softmax",
+    "softmax_grad",
     "unflatten",
 ]
 
@@ -89,10 +90,17 @@ class SoftmaxFunction(ManualFunction):
         (p,) = ctx.saved_tensors
         grad_input = None
         if ctx.needs_input_grad[0]:
-            p, delta = to_float32(p), to_float32(grad_output)  # float16/bfloat16: in float32, as native
-            # BP2: P ⊙ (δ − Σ_dim δ ⊙ P); the sum keeps dim (size 1) and broadcasts back
-            grad_input = (p * (delta - (delta * p).sum(ctx.dim, keepdim=True))).to(grad_output.dtype)
+            grad_input = softmax_grad(p, grad_output, ctx.dim)
         return grad_input, None
+
+
+def softmax_grad(p: Tensor, grad_output: Tensor, dim: int) -> Tensor:
+    """Softmax's BP2, ``P ⊙ (δ − Σ_dim δ ⊙ P)`` for the output ``P`` and ``δ = grad_output`` (in
+    float32 for float16/bfloat16, rounded once to δ's dtype, as native's kernels do). The one copy of
+    this formula: :class:`SoftmaxFunction` and the attention's backward call it."""
+    p, delta = to_float32(p), to_float32(grad_output)
+    # BP2: P ⊙ (δ − Σ_dim δ ⊙ P); the sum keeps dim (size 1) and broadcasts back
+    return (p * (delta - (delta * p).sum(dim, keepdim=True))).to(grad_output.dtype)
 
 
 class LogSoftmaxFunction(ManualFunction):
