@@ -1,5 +1,5 @@
-"""Real architectures written from ``torch.nn`` pieces only: a ResNet, a ViT, a BERT-like encoder and
-an LSTM language model.
+"""Real architectures written from ``torch.nn`` pieces only: a ResNet, a ViT, a BERT-like encoder, an
+LSTM language model and a classifier on ``torch.nn``'s own Transformer layers.
 
 Used by ``scripts/bench.py --models`` (a training step of the converted model against the native
 one) and by ``tests/test_models.py`` (coverage, gradients and revert after ``manual_bp.convert``),
@@ -23,12 +23,15 @@ __all__ = [
     "ResNet",
     "SelfAttention",
     "LSTMLanguageModel",
+    "SequenceTransformer",
     "ViT",
     "lstm_lm",
     "resnet18",
+    "sequence_transformer",
     "tiny_bert",
     "tiny_lstm_lm",
     "tiny_resnet",
+    "tiny_sequence_transformer",
     "tiny_vit",
     "vit_small",
 ]
@@ -319,3 +322,49 @@ def lstm_lm(num_classes: int = 1000) -> LSTMLanguageModel:
 def tiny_lstm_lm(num_classes: int = 20) -> LSTMLanguageModel:
     """For tests: vocabulary 20, size 8, 2 layers."""
     return LSTMLanguageModel(num_classes, dim=8, hidden=8)
+
+
+# ----------------------------------------------------------------------------- torch.nn.Transformer pieces
+
+
+class SequenceTransformer(nn.Module):
+    """A sequence classifier from ``torch.nn``'s own Transformer: a ``Linear`` embedding of each
+    step's features, learned positions (``nn.Embedding``), ``nn.TransformerEncoder`` of pre-norm
+    ``nn.TransformerEncoderLayer``\\ s (GELU given as the string ``"gelu"``, so stored as ``F.gelu``),
+    a final ``LayerNorm``, the mean over the steps and a ``Linear`` head. Input ``(N, T, features)``."""
+
+    def __init__(
+        self,
+        features: int = 16,
+        length: int = 32,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_dim: int = 512,
+        num_classes: int = 10,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.positions = nn.Embedding(length, dim)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, mlp_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        x = self.encoder(self.embed(x) + self.positions(positions))
+        return self.head(self.norm(x).mean(dim=1))
+
+
+def sequence_transformer(num_classes: int = 10) -> SequenceTransformer:
+    """2 pre-norm layers of dim 128, 4 heads, MLP 512, over 32 steps of 16 features."""
+    return SequenceTransformer(num_classes=num_classes)
+
+
+def tiny_sequence_transformer(num_classes: int = 5) -> SequenceTransformer:
+    """For tests: 8 steps of 4 features, dim 8, 2 layers of 2 heads, MLP 16."""
+    return SequenceTransformer(4, 8, dim=8, depth=2, heads=2, mlp_dim=16, num_classes=num_classes)

@@ -140,7 +140,11 @@ def test_bench_models_section(tmp_path: Path) -> None:
         ("resnet18_64", "tiny_resnet"),
         ("vit", "tiny_vit"),
         ("lstm_lm", "tiny_lstm_lm"),
+        ("transformer", "tiny_sequence_transformer"),
     ]
+    assert (
+        rows[-1]["limit"] == 1.2 and rows[-1]["parameter_share"] == 1.0
+    )  # issue 15's target; converted whole
     for row in rows:
         assert row["ratio"] > 0 and set(row["seconds"]) == {"native", "manual"}
         assert 0.0 <= row["parameter_share"] <= 1.0
