@@ -112,7 +112,7 @@ class ScaledDotProductAttentionFunction(ManualFunction):
     ) -> tuple[Tensor, Tensor]:
         q, k, v = to_float32(query), to_float32(key), to_float32(value)  # float16/bfloat16: float32
         k, v = _repeat_heads(k, groups_k), _repeat_heads(v, groups_v)
-        s = q.matmul(k.transpose(-2, -1)) * scale  # FF: (*, L, E) @ (*, E, S) -> (*, L, S)
+        s = (q * scale).matmul(k.transpose(-2, -1))  # FF: (Q·scale) Kᵀ; (*, L, E) @ (*, E, S) -> (*, L, S)
         if mask is not None:
             s = s + mask
         p = torch.softmax(s, -1)  # FF: P = softmax(S) along the keys
@@ -237,7 +237,7 @@ def _check_attention(
     k_batch = (*key.shape[:-3], key.shape[-3] * groups_k) if groups_k > 1 else key.shape[:-2]
     v_batch = (*value.shape[:-3], value.shape[-3] * groups_v) if groups_v > 1 else value.shape[:-2]
     try:
-        batch = torch.broadcast_shapes(query.shape[:-2], k_batch, v_batch)
+        torch.broadcast_shapes(query.shape[:-2], k_batch, v_batch)
     except RuntimeError:
         raise RuntimeError(
             "scaled_dot_product_attention expected the batch dims (all but the last two) of query, "
@@ -263,7 +263,6 @@ def _check_attention(
                 f"scaled_dot_product_attention expected attn_mask to broadcast to the scores' shape "
                 f"{scores} (*batch, L, S), got {tuple(attn_mask.shape)}"
             )
-    del batch
     return groups_k, groups_v
 
 
