@@ -53,6 +53,7 @@ from manual_bp._function import (
 from manual_bp._torch_private import canonical_mask, detect_is_causal_mask, mha_shape_check, sequence_length
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
 from manual_bp.ops.activations import ACTIVATION_OPS
+from manual_bp.ops.arithmetic import add
 from manual_bp.ops.dropout import DropoutFunction, _check_p, scaled_mask
 from manual_bp.ops.elementwise import to_float32
 from manual_bp.ops.linear import linear
@@ -637,8 +638,9 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     :class:`MultiheadAttention` once converted, its activation the manual twin of ``self.activation``
     (``F.relu`` for ``activation="relu"`` stays the stored attribute; the manual ``relu`` runs).
 
-    ``forward`` is torch's own code path for training, also in eval mode and without grad: never
-    the fused ``torch._transformer_encoder_layer_fwd``.
+    ``forward`` is torch's own code path for training, also in eval mode and without grad (never
+    the fused ``torch._transformer_encoder_layer_fwd``), with the residual connections through the
+    manual :func:`~manual_bp.ops.arithmetic.add`.
 
     >>> import torch, manual_bp
     >>> layer = manual_bp.convert(torch.nn.TransformerEncoderLayer(4, 2, 8, batch_first=True))
@@ -671,12 +673,12 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
             check_other=False,
         )
         x = src
-        if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
-            x = x + self._ff_block(self.norm2(x))
+        if self.norm_first:  # the residual connections through the manual add
+            x = add(x, self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal))
+            x = add(x, self._ff_block(self.norm2(x)))
         else:
-            x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
-            x = self.norm2(x + self._ff_block(x))
+            x = self.norm1(add(x, self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
+            x = self.norm2(add(x, self._ff_block(x)))
         return x
 
     def _ff_block(self, x: Tensor) -> Tensor:
@@ -687,7 +689,8 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
 class TransformerDecoderLayer(nn.TransformerDecoderLayer):
     """``torch.nn.TransformerDecoderLayer`` with every backward explicit: its two attentions are
     :class:`MultiheadAttention` once converted, its activation the manual twin of
-    ``self.activation`` (the stored attribute is left as it is).
+    ``self.activation`` (the stored attribute is left as it is), its residual connections the
+    manual :func:`~manual_bp.ops.arithmetic.add`.
 
     >>> import torch, manual_bp
     >>> layer = manual_bp.convert(torch.nn.TransformerDecoderLayer(4, 2, 8, batch_first=True))
@@ -696,6 +699,35 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
     """
 
     __module__ = "manual_bp.modules"
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        x = tgt
+        if self.norm_first:  # torch's code, the residual connections through the manual add
+            x = add(x, self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = add(
+                x,
+                self._mha_block(
+                    self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal
+                ),
+            )
+            x = add(x, self._ff_block(self.norm3(x)))
+        else:
+            x = self.norm1(add(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+            x = self.norm2(
+                add(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal))
+            )
+            x = self.norm3(add(x, self._ff_block(x)))
+        return x
 
     def _ff_block(self, x: Tensor) -> Tensor:
         x = self.linear2(self.dropout(_manual_activation(self.activation)(self.linear1(x))))
