@@ -242,8 +242,9 @@ class ConversionReport:
         else:
             out.append("parameters in manual layers: the model has no parameters")
         out.append(_table(("module", "class", "backward", "note"), rows))
-        note = ROUTED_NOTE if self.functional else FUNCTIONAL_NOTE
-        out.append(textwrap.fill(f"note: {note}.", width=100, subsequent_indent="      "))
+        if self.coverage is None or self.coverage.node_share < 1:  # (nothing to say when all is manual)
+            note = ROUTED_NOTE if self.functional else FUNCTIONAL_NOTE
+            out.append(textwrap.fill(f"note: {note}.", width=100, subsequent_indent="      "))
         if self.coverage is not None:
             out.append(f"coverage (measured on the autograd graph of one forward):\n{self.coverage}")
         return "\n".join(out)
