@@ -522,6 +522,24 @@ def multi_head_attention_forward(
     return out, (weights if is_batched else weights.squeeze(0))
 
 
+def _canonical_masks(
+    padding: Tensor | None, padding_name: str, mask: Tensor | None, mask_name: str, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """A key padding mask and an attention mask as torch's layers canonicalise them (bool masks to
+    float ``-inf``/``0`` of ``dtype``, with torch's checks and messages), as their forwards do first."""
+    padding = canonical_mask(
+        mask=padding,
+        mask_name=padding_name,
+        other_type=None if mask is None else mask.dtype,
+        other_name=mask_name,
+        target_type=dtype,
+    )
+    mask = canonical_mask(
+        mask=mask, mask_name=mask_name, other_type=None, other_name="", target_type=dtype, check_other=False
+    )
+    return padding, mask
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """``torch.nn.MultiheadAttention`` whose projections, attention and ``out_proj`` all run an
     explicit backward (:func:`multi_head_attention_forward`).
@@ -557,20 +575,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise RuntimeError(
                 "manual_bp.MultiheadAttention does not take nested tensors (native's fast path)"
             )
-        key_padding_mask = canonical_mask(
-            mask=key_padding_mask,
-            mask_name="key_padding_mask",
-            other_type=None if attn_mask is None else attn_mask.dtype,
-            other_name="attn_mask",
-            target_type=query.dtype,
-        )
-        attn_mask = canonical_mask(
-            mask=attn_mask,
-            mask_name="attn_mask",
-            other_type=None,
-            other_name="",
-            target_type=query.dtype,
-            check_other=False,
+        key_padding_mask, attn_mask = _canonical_masks(
+            key_padding_mask, "key_padding_mask", attn_mask, "attn_mask", query.dtype
         )
         is_batched = query.dim() == 3
         if self.batch_first and is_batched:  # (N, L, E) -> (L, N, E), keeping which inputs are one
@@ -657,20 +663,8 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        src_key_padding_mask = canonical_mask(
-            mask=src_key_padding_mask,
-            mask_name="src_key_padding_mask",
-            other_type=None if src_mask is None else src_mask.dtype,
-            other_name="src_mask",
-            target_type=src.dtype,
-        )
-        src_mask = canonical_mask(
-            mask=src_mask,
-            mask_name="src_mask",
-            other_type=None,
-            other_name="",
-            target_type=src.dtype,
-            check_other=False,
+        src_key_padding_mask, src_mask = _canonical_masks(
+            src_key_padding_mask, "src_key_padding_mask", src_mask, "src_mask", src.dtype
         )
         x = src
         if self.norm_first:  # the residual connections through the manual add
@@ -755,20 +749,8 @@ class TransformerEncoder(nn.TransformerEncoder):
         src_key_padding_mask: Tensor | None = None,
         is_causal: bool | None = None,
     ) -> Tensor:
-        src_key_padding_mask = canonical_mask(
-            mask=src_key_padding_mask,
-            mask_name="src_key_padding_mask",
-            other_type=None if mask is None else mask.dtype,
-            other_name="mask",
-            target_type=src.dtype,
-        )
-        mask = canonical_mask(
-            mask=mask,
-            mask_name="mask",
-            other_type=None,
-            other_name="",
-            target_type=src.dtype,
-            check_other=False,
+        src_key_padding_mask, mask = _canonical_masks(
+            src_key_padding_mask, "src_key_padding_mask", mask, "mask", src.dtype
         )
         seq_len = sequence_length(src, self.layers[0].self_attn.batch_first)
         is_causal = detect_is_causal_mask(mask, is_causal, seq_len)
