@@ -169,7 +169,7 @@ class AddmmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _real(output, "addmm")
+        _real(output, "baddbmm" if output.dim() == 3 else "addmm")
         input, mat1, mat2, ctx.beta, ctx.alpha = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(mat1 if needs[2] else None, mat2 if needs[1] else None)
@@ -180,45 +180,22 @@ class AddmmFunction(ManualFunction):
         mat1, mat2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_mat1 = grad_mat2 = None
-        if needs[0]:  # BP3 (a bias): β Σ_rows δ; (n, m) -> I's shape
+        if needs[0]:  # BP3 (a bias): β Σ_rows δ; ([b,] n, m) -> I's shape
             grad_input = sum_to(_scaled(grad_output, ctx.beta), ctx.input_shape)
-        if needs[1]:  # BP2: α δ Bᵀ; (n, m) @ (m, k) -> (n, k)
-            grad_mat1 = _scaled(grad_output.mm(_as(mat2, grad_output).t()), ctx.alpha)
-        if needs[2]:  # BP3: α Aᵀ δ; (k, n) @ (n, m) -> (k, m)
-            grad_mat2 = _scaled(_as(mat1, grad_output).t().mm(grad_output), ctx.alpha)
+        if needs[1]:  # BP2: α δ Bᵀ; ([b,] n, m) @ ([b,] m, k) -> ([b,] n, k)
+            grad_mat1 = _scaled(grad_output.matmul(_as(mat2, grad_output).mT), ctx.alpha)
+        if needs[2]:  # BP3: α Aᵀ δ; ([b,] k, n) @ ([b,] n, m) -> ([b,] k, m)
+            grad_mat2 = _scaled(_as(mat1, grad_output).mT.matmul(grad_output), ctx.alpha)
         return grad_input, grad_mat1, grad_mat2, None, None
 
 
-class BaddbmmFunction(ManualFunction):
-    r"""``Y_b = β I_b + α A_b B_b`` (``I`` broadcast to ``(b, n, m)``):
-    :math:`\partial c/\partial I = \beta \delta` summed to ``I``'s shape,
-    :math:`\partial c/\partial A_b = \alpha \delta_b B_b^\top`,
-    :math:`\partial c/\partial B_b = \alpha A_b^\top \delta_b`."""
+class BaddbmmFunction(AddmmFunction):
+    r"""``Y_b = β I_b + α A_b B_b`` (``I`` broadcast to ``(b, n, m)``): :class:`AddmmFunction` for each
+    matrix of the batch (its backward, written once for both, works on ``(n, m)`` and ``(b, n, m)``)."""
 
     @staticmethod
     def forward(input: Tensor, batch1: Tensor, batch2: Tensor, beta: Number, alpha: Number) -> Tensor:
         return torch.baddbmm(input, batch1, batch2, beta=beta, alpha=alpha)  # FF: β I + α (b,n,k) @ (b,k,m)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _real(output, "baddbmm")
-        input, batch1, batch2, ctx.beta, ctx.alpha = inputs
-        needs = ctx.needs_input_grad
-        ctx.save_for_backward(batch1 if needs[2] else None, batch2 if needs[1] else None)
-        ctx.input_shape = input.shape
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        batch1, batch2 = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_input = grad_batch1 = grad_batch2 = None
-        if needs[0]:  # β δ; (b, n, m) -> I's shape
-            grad_input = sum_to(_scaled(grad_output, ctx.beta), ctx.input_shape)
-        if needs[1]:  # BP2: α δ Bᵀ; (b, n, m) @ (b, m, k) -> (b, n, k)
-            grad_batch1 = _scaled(grad_output.bmm(_as(batch2, grad_output).mT), ctx.alpha)
-        if needs[2]:  # BP3: α Aᵀ δ; (b, k, n) @ (b, n, m) -> (b, k, m)
-            grad_batch2 = _scaled(_as(batch1, grad_output).mT.bmm(grad_output), ctx.alpha)
-        return grad_input, grad_batch1, grad_batch2, None, None
 
 
 def mm(input: Tensor, mat2: Tensor) -> Tensor:
