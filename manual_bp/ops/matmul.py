@@ -65,7 +65,7 @@ class MmFunction(ManualFunction):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _real(output, "mm")
+        _real(output, "bmm" if output.dim() == 3 else "mm")
         input, mat2 = inputs
         needs = ctx.needs_input_grad
         ctx.save_for_backward(input if needs[1] else None, mat2 if needs[0] else None)  # each for the other
@@ -75,39 +75,20 @@ class MmFunction(ManualFunction):
         input, mat2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input = grad_mat2 = None
-        if needs[0]:
-            grad_input = grad_output.mm(_as(mat2, grad_output).t())  # BP2: δ Bᵀ; (n, m) @ (m, k) -> (n, k)
-        if needs[1]:
-            grad_mat2 = _as(input, grad_output).t().mm(grad_output)  # BP3: Aᵀ δ; (k, n) @ (n, m) -> (k, m)
+        if needs[0]:  # BP2: δ Bᵀ; ([b,] n, m) @ ([b,] m, k) -> ([b,] n, k)
+            grad_input = grad_output.matmul(_as(mat2, grad_output).mT)
+        if needs[1]:  # BP3: Aᵀ δ; ([b,] k, n) @ ([b,] n, m) -> ([b,] k, m)
+            grad_mat2 = _as(input, grad_output).mT.matmul(grad_output)
         return grad_input, grad_mat2
 
 
-class BmmFunction(ManualFunction):
-    r"""``Y_b = A_b B_b`` for batches ``(b, n, k) @ (b, k, m)``:
-    :math:`\partial c/\partial A_b = \delta_b B_b^\top`,
-    :math:`\partial c/\partial B_b = A_b^\top \delta_b`."""
+class BmmFunction(MmFunction):
+    r"""``Y_b = A_b B_b`` for batches ``(b, n, k) @ (b, k, m)``: :class:`MmFunction` for each matrix of
+    the batch (its backward, written once for both, works on ``(n, m)`` and ``(b, n, m)``)."""
 
     @staticmethod
     def forward(input: Tensor, mat2: Tensor) -> Tensor:
         return torch.bmm(input, mat2)  # FF: (b, n, k) @ (b, k, m) -> (b, n, m)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _real(output, "bmm")
-        input, mat2 = inputs
-        needs = ctx.needs_input_grad
-        ctx.save_for_backward(input if needs[1] else None, mat2 if needs[0] else None)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        input, mat2 = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_input = grad_mat2 = None
-        if needs[0]:
-            grad_input = grad_output.bmm(_as(mat2, grad_output).mT)  # BP2: (b, n, m) @ (b, m, k) -> (b, n, k)
-        if needs[1]:
-            grad_mat2 = _as(input, grad_output).mT.bmm(grad_output)  # BP3: (b, k, n) @ (b, n, m) -> (b, k, m)
-        return grad_input, grad_mat2
 
 
 class MatmulFunction(ManualFunction):
