@@ -1,8 +1,8 @@
 """Shared test setup: a fixed seed per test, a bounded hypothesis profile, and CUDA tests skipped
 without CUDA.
 
-``python -m pytest -m "not slow" -q`` is the quick subset (about 3 minutes here with OMP_NUM_THREADS=1); the full suite, slow tests included, is
-``python -m pytest -q``. ``python -m pytest -m cuda`` runs only the tests marked
+``python -m pytest -m "not slow" -q`` is the quick subset (about 3 minutes here with
+OMP_NUM_THREADS=1); the full suite, slow tests included, is ``python -m pytest -q``. ``python -m pytest -m cuda`` runs only the tests marked
 ``@pytest.mark.cuda`` (on a GPU machine: ``scripts/gpu_check.sh``).
 """
 
