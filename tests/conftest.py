@@ -2,8 +2,9 @@
 without CUDA.
 
 ``python -m pytest -m "not slow" -q`` is the quick subset (about 3 minutes here with
-OMP_NUM_THREADS=1); the full suite, slow tests included, is ``python -m pytest -q``. ``python -m pytest -m cuda`` runs only the tests marked
-``@pytest.mark.cuda`` (on a GPU machine: ``scripts/gpu_check.sh``).
+OMP_NUM_THREADS=1); the full suite, slow tests included, is ``python -m pytest -q``.
+``python -m pytest -m cuda`` runs only the tests marked ``@pytest.mark.cuda`` (on a GPU machine:
+``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
