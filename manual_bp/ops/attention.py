@@ -53,7 +53,7 @@ from manual_bp._function import (
 from manual_bp._torch_private import canonical_mask, detect_is_causal_mask, mha_shape_check, sequence_length
 from manual_bp.ops._op import Op, Sample, noncontiguous, tensor
 from manual_bp.ops.activations import ACTIVATION_OPS
-from manual_bp.ops.arithmetic import add
+from manual_bp.ops.arithmetic import add, sum_to
 from manual_bp.ops.dropout import DropoutFunction, _check_p, scaled_mask
 from manual_bp.ops.elementwise import to_float32
 from manual_bp.ops.linear import linear
@@ -146,7 +146,7 @@ class ScaledDotProductAttentionFunction(ManualFunction):
             p_kept = p if dropout_mask is None else p * dropout_mask
             # BP3-like: ∂c/∂V = (P ⊙ D)ᵀ δ; (*, S, L) @ (*, L, E_v) -> (*, S, E_v)
             grad_v = _sum_heads(p_kept.transpose(-2, -1).matmul(delta), ctx.groups_v)
-            grad_value = grad_v.sum_to_size(value.shape).to(value.dtype)
+            grad_value = sum_to(grad_v, value.shape).to(value.dtype)
         if (needs[0] or needs[1] or needs[3]) and (delta is not None or grad_weights is not None):
             grad_p = None
             if delta is not None:
@@ -162,13 +162,13 @@ class ScaledDotProductAttentionFunction(ManualFunction):
             if needs[0]:
                 k_rep = _repeat_heads(k, ctx.groups_k)
                 # BP2: ∂c/∂Q = scale · ∂S K; (*, L, S) @ (*, S, E) -> (*, L, E)
-                grad_query = (grad_s.matmul(k_rep) * scale).sum_to_size(query.shape).to(query.dtype)
+                grad_query = sum_to(grad_s.matmul(k_rep) * scale, query.shape).to(query.dtype)
             if needs[1]:
                 # BP2: ∂c/∂K = scale · ∂Sᵀ Q; (*, S, L) @ (*, L, E) -> (*, S, E)
                 grad_k = _sum_heads(grad_s.transpose(-2, -1).matmul(q) * scale, ctx.groups_k)
-                grad_key = grad_k.sum_to_size(key.shape).to(key.dtype)
+                grad_key = sum_to(grad_k, key.shape).to(key.dtype)
             if needs[3]:
-                grad_mask = grad_s.sum_to_size(ctx.mask_shape).to(ctx.mask_dtype)  # ∂c/∂M = ∂c/∂S
+                grad_mask = sum_to(grad_s, ctx.mask_shape).to(ctx.mask_dtype)  # ∂c/∂M = ∂c/∂S
         return grad_query, grad_key, grad_value, grad_mask, None, None, None, None
 
 
